@@ -1,0 +1,1 @@
+"""ROS 2 front end of sfdfuse_ros: the fusion node, message conversions and bag playback."""
