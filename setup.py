@@ -42,7 +42,7 @@ setup(
         'train': ['tensorboard', 'matplotlib'],
         'export': ['onnx', 'onnxruntime', 'onnxscript'],
         'dev': ['pytest', 'pytest-timeout', 'hypothesis', 'scikit-image', 'flake8',
-                'tensorboard', 'matplotlib', 'onnx', 'onnxruntime', 'onnxscript'],
+                'pydocstyle', 'tensorboard', 'matplotlib', 'onnx', 'onnxruntime', 'onnxscript'],
     },
     zip_safe=True,
     maintainer='sfdfuse_ros developers',

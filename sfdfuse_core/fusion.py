@@ -1,0 +1,323 @@
+"""The fusion API: a visible and an infrared image in, one fused image out.
+
+Colour follows the published CDDFuse/SFDFuse protocol (Zhao et al., CVPR 2023): the visible image
+is converted to YCbCr (:mod:`sfdfuse_core.color`), its luminance Y is fused with the infrared
+image, and the visible image's chroma is put back. A gray visible image, or a 3-channel one whose
+channels are equal (as TNO's files), gives a gray output. A 3-channel infrared image is converted
+to gray with OpenCV's BGR->GRAY weights.
+
+Methods (:data:`METHODS`):
+
+``sfdfuse``
+    the SFDFuse network (eval mode, DEConv folded, under ``torch.inference_mode()``).
+``mean``
+    ``(Y + I) / 2`` on the luminance, the classic baseline of fusion tables.
+``max``
+    ``max(Y, I)`` per pixel on the luminance.
+
+The fused luminance is scaled to 0..255, rounded and clipped. Like the published protocol, and
+unlike the public research scripts' undocumented habit, **no per-image min-max stretch** is
+applied to the output: a dark scene stays dark.
+
+Accepted inputs (:func:`validate_pair`): ``vi`` is ``(H, W)`` or ``(H, W, 3)`` BGR; ``ir`` is
+``(H, W)`` or ``(H, W, 3)``; each is ``uint8`` (0..255) or ``float32``/``float64`` in ``[0, 1]``
+(dtypes may differ between the two). Both have the same ``H, W`` (at least 1x1) and finite values.
+``uint16`` is refused for both: raw thermal counts (often 14-bit with an offset) would come out
+almost black if divided by 65535; map them to 8 bit first (:mod:`sfdfuse_core.thermal`).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple, Union
+
+import numpy as np
+import torch
+from torch import nn
+
+from sfdfuse_core.color import bgr_to_ycbcr, ycbcr_to_bgr
+from sfdfuse_core.imageio import is_gray_color
+from sfdfuse_core.weights import WeightsNotFoundError, load_model
+
+__all__ = ['METHODS', 'FusionInputError', 'Fuser', 'fuse_images', 'resolve_device',
+           'split_luma', 'validate_pair']
+
+#: Fusion methods: the network and the two classic baselines.
+METHODS = ('sfdfuse', 'mean', 'max')
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+# OpenCV's BGR->GRAY weights (the same as the Y of BT.601).
+_GRAY_B, _GRAY_G, _GRAY_R = 0.114, 0.587, 0.299
+
+
+class FusionInputError(ValueError):
+    """An input image has the wrong type, shape, dtype, size or values."""
+
+
+def _check_image(img: np.ndarray, name: str) -> None:
+    """Check one input image; see the module docstring for what is accepted."""
+    if not isinstance(img, np.ndarray):
+        raise FusionInputError(f'{name} must be a numpy array, got {type(img).__name__}')
+    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
+        raise FusionInputError(f'{name} must have shape (H, W) or (H, W, 3), got {img.shape}')
+    if img.shape[0] == 0 or img.shape[1] == 0:
+        raise FusionInputError(f'{name} is empty: shape {img.shape}')
+    if img.dtype == np.uint8:
+        return
+    if img.dtype == np.uint16:
+        raise FusionInputError(
+            f'{name} is uint16: map it to 8 bit first (e.g. sfdfuse_core.thermal for raw '
+            'thermal counts); accepted dtypes are uint8 and float32/float64 in [0, 1]')
+    if img.dtype not in _FLOATS:
+        raise FusionInputError(f'{name} has dtype {img.dtype}; accepted dtypes are uint8 and '
+                               'float32/float64 in [0, 1]')
+    if not np.isfinite(img).all():
+        raise FusionInputError(f'{name} holds {int(np.count_nonzero(~np.isfinite(img)))} '
+                               'non-finite values (NaN or inf)')
+    low, high = float(img.min()), float(img.max())
+    if low < 0.0 or high > 1.0:
+        raise FusionInputError(f'{name} is {img.dtype} with values in [{low:g}, {high:g}]; '
+                               'float images must lie in [0, 1]')
+
+
+def validate_pair(vi: np.ndarray, ir: np.ndarray) -> None:
+    """Check that a visible and an infrared image can be fused.
+
+    :param vi: visible image, ``(H, W)`` gray or ``(H, W, 3)`` BGR; uint8, or float32/float64 in
+        ``[0, 1]``.
+    :param ir: infrared image, ``(H, W)`` or ``(H, W, 3)`` (converted to gray); same dtypes.
+    :raises FusionInputError: an array is not a numpy array, has another shape or dtype, is empty,
+        holds NaN/inf or float values outside ``[0, 1]``, or the two sizes differ.
+    """
+    _check_image(vi, 'visible image')
+    _check_image(ir, 'infrared image')
+    if vi.shape[:2] != ir.shape[:2]:
+        raise FusionInputError(f'visible and infrared images differ in size: visible '
+                               f'{vi.shape[1]}x{vi.shape[0]}, infrared '
+                               f'{ir.shape[1]}x{ir.shape[0]} (W x H); align them first')
+
+
+def _gray(img: np.ndarray) -> np.ndarray:
+    """Convert a checked ``(H, W)`` / ``(H, W, 3)`` image to gray with OpenCV's weights."""
+    if img.ndim == 2:
+        return img
+    if img.dtype == np.uint8:
+        import cv2
+        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2GRAY)
+    dtype = img.dtype.type
+    return (dtype(_GRAY_B) * img[:, :, 0] + dtype(_GRAY_G) * img[:, :, 1]
+            + dtype(_GRAY_R) * img[:, :, 2])
+
+
+def _unit(plane: np.ndarray) -> np.ndarray:
+    """uint8 0..255 -> float32 [0, 1]; floats -> float32."""
+    if plane.dtype == np.uint8:
+        return plane.astype(np.float32) / np.float32(255.0)
+    return plane.astype(np.float32)
+
+
+def _to_uint8(img: np.ndarray) -> np.ndarray:
+    """Float ``[0, 1]`` -> uint8, rounded to nearest and clipped (no min-max stretch)."""
+    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
+
+
+def resolve_device(device: Union[str, torch.device]) -> torch.device:
+    """Turn a device name into a ``torch.device``, checking that it exists.
+
+    :param device: ``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'``
+        or a ``torch.device``.
+    :return: the device.
+    :raises TypeError: ``device`` is neither a string nor a ``torch.device``.
+    :raises ValueError: the name is unknown, or CUDA is asked for but not available.
+    """
+    if isinstance(device, torch.device):
+        dev = device
+    elif isinstance(device, str):
+        name = device.strip().lower()
+        if name == 'auto':
+            return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
+        try:
+            dev = torch.device(name)
+        except RuntimeError as exc:
+            raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or "
+                             "'cuda:N'") from exc
+    else:
+        raise TypeError(f'device must be a string or torch.device, got {type(device).__name__}')
+    if dev.type not in ('cpu', 'cuda'):
+        raise ValueError(f"unsupported device {str(dev)!r}; expected 'auto', 'cpu', 'cuda' or "
+                         "'cuda:N'")
+    if dev.type == 'cuda':
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {str(dev)!r} requested but CUDA is not available (torch "
+                             f"{torch.__version__}, CUDA build: {torch.version.cuda}); use 'cpu' "
+                             "or 'auto'")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ValueError(f'device {str(dev)!r} requested but only {count} CUDA device(s) '
+                             'are visible')
+    return dev
+
+
+def _prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """Move to ``device``, switch to eval mode and fold the DEConv branches (idempotent)."""
+    model = model.to(device).eval()
+    fold = getattr(model, 'fold_deconv', None)
+    if callable(fold):
+        fold()
+    return model
+
+
+class Fuser:
+    """Fuses image pairs with one method, holding the model (loaded once) between calls.
+
+    ``Fuser(...)(vi, ir)`` returns the fused uint8 image: gray ``(H, W)`` when the visible image
+    is gray or gray-looking, BGR ``(H, W, 3)`` otherwise. See the module docstring for inputs.
+
+    :param method: one of :data:`METHODS`.
+    :param weights: weights file or checkpoint for ``'sfdfuse'``; ``None`` loads the shipped
+        weights (:func:`sfdfuse_core.weights.default_weights_path`). Ignored by ``mean``/``max``.
+    :param device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a ``torch.device``.
+    :param model: an already built network to use instead of loading ``weights``. The Fuser
+        takes it over: it is moved to ``device``, put in eval mode and folded in place
+        (``fold_deconv()``); pass a copy if you keep training it.
+    :raises ValueError: unknown method or device, or both ``weights`` and ``model`` given.
+    :raises TypeError: ``model`` is not an ``nn.Module``.
+    :raises sfdfuse_core.weights.WeightsError: the weights cannot be loaded (a missing file says
+        so and suggests another weights file or the ``mean`` method).
+    """
+
+    def __init__(self, method: str = 'sfdfuse',
+                 weights: Optional[Union[str, os.PathLike]] = None,
+                 device: Union[str, torch.device] = 'auto',
+                 model: Optional[nn.Module] = None) -> None:
+        """Resolve the device, then load the weights or take over ``model`` (see the class)."""
+        if method not in METHODS:
+            raise ValueError(f'unknown fusion method {method!r}; expected one of {METHODS}')
+        self.method = method
+        self.device = resolve_device(device)
+        self.model: Optional[nn.Module] = None
+        if method != 'sfdfuse':
+            return
+        if model is not None:
+            if weights is not None:
+                raise ValueError('give either weights or model, not both')
+            if not isinstance(model, nn.Module):
+                raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
+        else:
+            try:
+                model = load_model(weights, device=self.device)
+            except WeightsNotFoundError as exc:
+                if weights is not None:
+                    raise
+                raise WeightsNotFoundError(
+                    f"{exc}. Pass a weights file (weights=PATH, or --weights PATH on the command "
+                    "line) or use a baseline that needs none (method 'mean' or 'max', "
+                    '--method mean)') from exc
+        self.model = _prepare_model(model, self.device)
+
+    def __repr__(self) -> str:
+        """Describe the method and device."""
+        return f'Fuser(method={self.method!r}, device={str(self.device)!r})'
+
+    def fuse_luma(self, y: np.ndarray, ir: np.ndarray) -> np.ndarray:
+        """Fuse a visible luminance plane with a gray infrared plane.
+
+        :param y: ``(H, W)`` visible luminance, uint8 or float32/float64 in ``[0, 1]``.
+        :param ir: ``(H, W)`` infrared, same conventions.
+        :return: ``(H, W)`` float32 fused luminance in ``[0, 1]`` (the network's sigmoid output,
+            not stretched).
+        :raises FusionInputError: a plane is not 2-D, the sizes differ, or the values are invalid.
+        :raises RuntimeError: the network returns another shape or non-finite values.
+        """
+        for plane, name in ((y, 'visible luminance'), (ir, 'infrared image')):
+            _check_image(plane, name)
+            if plane.ndim != 2:
+                raise FusionInputError(f'{name} must be a (H, W) plane, got {plane.shape}')
+        if y.shape != ir.shape:
+            raise FusionInputError(f'visible luminance {y.shape} and infrared {ir.shape} differ '
+                                   'in size')
+        y_f, ir_f = _unit(y), _unit(ir)
+        if self.method == 'mean':
+            return (y_f + ir_f) * np.float32(0.5)
+        if self.method == 'max':
+            return np.maximum(y_f, ir_f)
+        return self._run_model(y_f, ir_f)
+
+    def _run_model(self, y: np.ndarray, ir: np.ndarray) -> np.ndarray:
+        param = next(self.model.parameters(), None)
+        dtype = param.dtype if param is not None else torch.float32
+        vi_t = torch.from_numpy(np.ascontiguousarray(y))[None, None].to(self.device, dtype)
+        ir_t = torch.from_numpy(np.ascontiguousarray(ir))[None, None].to(self.device, dtype)
+        with torch.inference_mode():
+            out = self.model(vi_t, ir_t)  # (1, 1, H, W)
+        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(vi_t.shape):
+            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise RuntimeError(f'the model returned {got}, expected {tuple(vi_t.shape)}')
+        fused = out[0, 0].float().cpu().numpy()
+        if not np.isfinite(fused).all():
+            raise RuntimeError('the model produced non-finite values (NaN or inf); the weights '
+                               'may be damaged')
+        return fused
+
+    def __call__(self, vi: np.ndarray, ir: np.ndarray) -> np.ndarray:
+        """Fuse one visible/infrared pair.
+
+        :param vi: visible image, ``(H, W)`` or ``(H, W, 3)`` BGR, uint8 or float in ``[0, 1]``.
+        :param ir: infrared image of the same size, ``(H, W)`` or ``(H, W, 3)``.
+        :return: uint8 fused image: ``(H, W)`` for a gray(-looking) visible image, else BGR
+            ``(H, W, 3)`` with the visible image's chroma.
+        :raises FusionInputError: see :func:`validate_pair`.
+        """
+        validate_pair(vi, ir)
+        y, chroma = split_luma(vi)
+        fused = self.fuse_luma(y, _gray(ir))
+        if chroma is None:
+            return _to_uint8(fused)
+        cb, cr = chroma
+        if vi.dtype == np.uint8:
+            # The protocol's path: 8-bit fused Y + the visible image's 8-bit chroma, OpenCV back.
+            return ycbcr_to_bgr(_to_uint8(fused), cb, cr)
+        return _to_uint8(ycbcr_to_bgr(fused.astype(vi.dtype), cb, cr))
+
+
+def fuse_images(vi: np.ndarray, ir: np.ndarray, method: str = 'sfdfuse',
+                model: Optional[nn.Module] = None,
+                device: Union[str, torch.device] = 'cpu') -> np.ndarray:
+    """Fuse one visible/infrared pair (convenience wrapper around :class:`Fuser`).
+
+    For ``'sfdfuse'`` without ``model`` this loads the shipped weights on every call: build a
+    :class:`Fuser` once when fusing many images.
+
+    :param vi: visible image, ``(H, W)`` or ``(H, W, 3)`` BGR, uint8 or float in ``[0, 1]``.
+    :param ir: infrared image of the same size, ``(H, W)`` or ``(H, W, 3)``.
+    :param method: one of :data:`METHODS`.
+    :param model: network for ``'sfdfuse'`` (moved to ``device``, put in eval mode and folded in
+        place, see :class:`Fuser`); ignored by ``mean``/``max``.
+    :param device: device for ``'sfdfuse'``.
+    :return: uint8 fused image, ``(H, W)`` or ``(H, W, 3)`` (see :meth:`Fuser.__call__`).
+    :raises FusionInputError: invalid inputs (see :func:`validate_pair`).
+    :raises ValueError: unknown method or device.
+    :raises sfdfuse_core.weights.WeightsError: the weights cannot be loaded.
+    """
+    if method not in METHODS:
+        raise ValueError(f'unknown fusion method {method!r}; expected one of {METHODS}')
+    validate_pair(vi, ir)
+    if method != 'sfdfuse':
+        model, device = None, 'cpu'
+    return Fuser(method=method, device=device, model=model)(vi, ir)
+
+
+def split_luma(vi: np.ndarray) -> Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
+    """Split a visible image into luminance and chroma the way :class:`Fuser` does.
+
+    :param vi: visible image, ``(H, W)`` or ``(H, W, 3)`` BGR, uint8 or float in ``[0, 1]``.
+    :return: ``(y, (cb, cr))`` for a colour image, ``(y, None)`` for a gray(-looking) one; planes
+        keep the input's dtype.
+    :raises FusionInputError: invalid input.
+    """
+    _check_image(vi, 'visible image')
+    if vi.ndim == 2:
+        return vi, None
+    if is_gray_color(vi):
+        return vi[:, :, 0], None
+    y, cb, cr = bgr_to_ycbcr(vi)
+    return y, (cb, cr)
