@@ -1,0 +1,308 @@
+"""Tests of :mod:`sfdfuse_core.sync` (approximate-time pairing of thermal and RGB streams)."""
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sfdfuse_core.sync import (ApproximateTimePairer, DROP_REASONS, header_stamp_ns, RGB,
+                               stamp_to_ns, SyncStats, THERMAL)
+
+MS = 1_000_000
+
+
+def _run(pairer, events):
+    """Feed ``(stream, stamp_ns)`` events (items are ``(stream, stamp, index)``); flush."""
+    pairs = []
+    for i, (stream, stamp) in enumerate(events):
+        out = pairer.add(stream, stamp, (stream, stamp, i))
+        assert [p[0] for p in out] == sorted(p[0] for p in out)
+        pairs.extend(out)
+    pairs.extend(pairer.flush())
+    return pairs
+
+
+def _check_invariants(pairer, events, pairs, slop_ns):
+    used = set()
+    for stamp, th, rgb in pairs:
+        assert th[0] == THERMAL and rgb[0] == RGB
+        assert stamp == rgb[1]
+        assert abs(th[1] - rgb[1]) <= slop_ns
+        assert th[2] not in used and rgb[2] not in used
+        used.update((th[2], rgb[2]))
+    stats = pairer.stats
+    assert stats.paired == len(pairs)
+    assert pairer.pending == (0, 0)
+    for stream in (THERMAL, RGB):
+        n_in = sum(1 for s, _ in events if s == stream)
+        assert stats.received[stream] == n_in
+        assert stats.paired + stats.dropped_total(stream) == n_in
+
+
+def _regular_streams(rng, seconds, thermal_hz=9.0, rgb_hz=30.0, jitter_ms=3.0, t0=0.0):
+    th = t0 + 0.013 + np.arange(int(seconds * thermal_hz)) / thermal_hz
+    rgb = t0 + np.arange(int(seconds * rgb_hz)) / rgb_hz
+    th = th + rng.uniform(-jitter_ms, jitter_ms, th.shape) / 1e3
+    rgb = rgb + rng.uniform(-jitter_ms, jitter_ms, rgb.shape) / 1e3
+    th_ns = np.round(th * 1e9).astype(np.int64)
+    rgb_ns = np.round(rgb * 1e9).astype(np.int64)
+    events = [(THERMAL, int(t)) for t in th_ns] + [(RGB, int(t)) for t in rgb_ns]
+    events.sort(key=lambda e: (e[1], e[0]))
+    return th_ns, rgb_ns, events
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=st.lists(st.tuples(st.sampled_from([THERMAL, RGB]),
+                                 st.integers(0, 400).map(lambda t: t * MS)), max_size=60),
+       slop_ms=st.integers(0, 60), queue_size=st.integers(1, 12),
+       factor=st.sampled_from([0.0, 0.5, 1.0]), max_wait_ms=st.sampled_from([0, 50, 500]))
+def test_every_message_is_paired_or_dropped_exactly_once(events, slop_ms, queue_size, factor,
+                                                         max_wait_ms):
+    """Arbitrary arrival orders, duplicates and backwards jumps keep the bookkeeping exact."""
+    pairer = ApproximateTimePairer(slop=slop_ms / 1e3, queue_size=queue_size,
+                                   reset_threshold=0.1, max_wait=max_wait_ms / 1e3,
+                                   lower_bound_factor=factor)
+    pairs = _run(pairer, events)
+    _check_invariants(pairer, events, pairs, slop_ms * MS)
+
+
+@settings(max_examples=60, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), thermal_hz=st.sampled_from([9.0, 30.0]),
+       rgb_hz=st.sampled_from([15.0, 30.0, 60.0]))
+def test_regular_streams_pair_each_thermal_with_its_nearest_rgb(seed, thermal_hz, rgb_hz):
+    """9/30 Hz thermal next to 15-60 Hz RGB with +-3 ms jitter: nearest RGB, every time.
+
+    At equal rates two thermal frames can share the nearest RGB frame (jitter), and a message
+    is used once. There the pairing is checked to be stable: a thermal frame that did not get
+    its nearest RGB frame lost it to a thermal frame at least as close to it.
+    """
+    if thermal_hz > rgb_hz:
+        return
+    rng = np.random.default_rng(seed)
+    th_ns, rgb_ns, events = _regular_streams(rng, 3.0, thermal_hz, rgb_hz)
+    slop = 0.6 / rgb_hz  # more than half an RGB period: the nearest is always within slop
+    pairer = ApproximateTimePairer(slop=slop, queue_size=10)
+    pairs = _run(pairer, events)
+    _check_invariants(pairer, events, pairs, int(slop * 1e9))
+    got = {th[1]: rgb[1] for _, th, rgb in pairs}
+    owner = {rgb: th for th, rgb in got.items()}
+    nearest = {int(t): int(rgb_ns[np.argmin(np.abs(rgb_ns - t))]) for t in th_ns
+               if np.min(np.abs(rgb_ns - t)) <= slop * 1e9}
+    if thermal_hz == rgb_hz:
+        for t, r in nearest.items():
+            if got.get(t) != r:
+                assert r in owner and abs(owner[r] - r) <= abs(t - r)
+        assert len(got) >= 0.8 * len(th_ns)
+        return
+    assert got == nearest
+    assert pairer.stats.dropped_total(THERMAL) == len(th_ns) - len(nearest)
+
+
+def test_pairs_come_out_without_waiting_for_the_next_thermal_frame(rng):
+    """Latency: with the estimated inter-message bound a pair is out one RGB frame later."""
+    th_ns, rgb_ns, events = _regular_streams(rng, 2.0)
+    pairer = ApproximateTimePairer(slop=0.02)
+    late = []
+    for stream, stamp in events:
+        for pair_stamp, th, _ in pairer.add(stream, stamp, stamp):
+            late.append(max(stamp - th, stamp - pair_stamp))
+    # after the first few frames, a pair is final at the latest when the next RGB frame arrives
+    assert max(late[5:]) <= 40 * MS
+
+
+def test_out_of_order_arrival_within_the_queue_still_pairs(rng):
+    """Messages delivered up to a few positions late still find their partner."""
+    th_ns, rgb_ns, events = _regular_streams(rng, 4.0, jitter_ms=2.0)
+    shuffled = list(events)
+    for i in range(0, len(shuffled) - 3, 3):  # reverse every block of three arrivals
+        shuffled[i:i + 3] = shuffled[i:i + 3][::-1]
+    pairer = ApproximateTimePairer(slop=0.02, queue_size=10)
+    pairs = _run(pairer, shuffled)
+    _check_invariants(pairer, shuffled, pairs, 20 * MS)
+    assert len(pairs) == len(th_ns)
+    # a late thermal frame that arrives after its partner was taken is the only loss allowed;
+    # with blocks of three none is lost, and most pairs are still the nearest
+    nearest = sum(rgb[1] == int(rgb_ns[np.argmin(np.abs(rgb_ns - th[1]))]) for _, th, rgb in pairs)
+    assert nearest >= 0.9 * len(pairs)
+
+
+def test_backwards_jump_resets_and_pairing_resumes(rng):
+    """A looping bag: time jumps back by 5 s; one reset, then pairs on the new timeline."""
+    _, _, first = _regular_streams(rng, 5.0)
+    th2, _, second = _regular_streams(rng, 3.0)
+    pairer = ApproximateTimePairer(slop=0.02, reset_threshold=1.0)
+    pairs_first = [p for s, t in first for p in pairer.add(s, t, (s, t))]
+    pairs_second = [p for s, t in second for p in pairer.add(s, t, (s, t))]
+    pairs_second += pairer.flush()
+    assert pairer.stats.resets == 1
+    assert len(pairs_first) >= 5 * 9 - 2
+    assert len(pairs_second) == len(th2)
+    assert all(stamp < 3.1e9 for stamp, _, _ in pairs_second)
+
+
+def test_stragglers_of_the_old_timeline_do_not_cause_a_second_reset():
+    """After thermal jumps back, RGB frames still on the old timeline are dropped as reset."""
+    pairer = ApproximateTimePairer(slop=0.02, reset_threshold=1.0)
+    for k in range(50):
+        pairer.add(THERMAL, 10_000 * MS + k * 100 * MS, k)
+        pairer.add(RGB, 10_000 * MS + k * 100 * MS + 3 * MS, k)
+    pairer.add(THERMAL, 0, 'new0')  # jump back
+    assert pairer.add(RGB, 15_000 * MS, 'old') == []  # old-timeline straggler
+    assert pairer.stats.dropped[RGB]['reset'] == 1
+    pairs = pairer.add(RGB, 2 * MS, 'new0')
+    pairs += pairer.add(THERMAL, 100 * MS, 'new1') + pairer.add(RGB, 101 * MS, 'new1')
+    pairs += pairer.flush()
+    assert pairer.stats.resets == 1
+    assert [(th, rgb) for _, th, rgb in pairs] == [('new0', 'new0'), ('new1', 'new1')]
+
+
+def test_backwards_jump_flushes_the_old_timeline_first():
+    """A pair still waiting when time jumps back is emitted, not lost."""
+    pairer = ApproximateTimePairer(slop=0.02, lower_bound_factor=0.0, max_wait=10.0)
+    assert pairer.add(THERMAL, 5_000 * MS, 't') == []
+    assert pairer.add(RGB, 5_005 * MS, 'r') == []  # a closer thermal frame could still come
+    assert pairer.add(THERMAL, 0, 't0') == [(5_005 * MS, 't', 'r')]
+    assert pairer.stats.resets == 1
+
+
+def test_zero_slop_pairs_equal_stamps_only():
+    pairer = ApproximateTimePairer(slop=0.0)
+    out = pairer.add(THERMAL, 100, 'a') + pairer.add(RGB, 100, 'b')
+    out += pairer.add(THERMAL, 200, 'c') + pairer.add(RGB, 201, 'd')
+    out += pairer.flush()
+    assert out == [(100, 'a', 'b')]
+    assert pairer.stats.dropped[THERMAL]['no_match'] == 1
+    assert pairer.stats.dropped[RGB]['no_match'] == 1
+
+
+def test_slop_is_inclusive():
+    pairer = ApproximateTimePairer(slop=0.01)
+    out = pairer.add(THERMAL, 0, 'a') + pairer.add(RGB, 10 * MS, 'b') + pairer.flush()
+    assert out == [(10 * MS, 'a', 'b')]
+
+
+def test_duplicate_stamp_supersedes_the_queued_message():
+    pairer = ApproximateTimePairer(slop=0.01)
+    pairer.add(THERMAL, 0, 'old')
+    pairer.add(THERMAL, 0, 'new')
+    out = pairer.add(RGB, 0, 'rgb') + pairer.flush()
+    assert out == [(0, 'new', 'rgb')]
+    assert pairer.stats.dropped[THERMAL]['superseded'] == 1
+
+
+def test_bounded_wait_emits_when_the_other_stream_stops():
+    """No inter-message bound: the pair waits for max_wait of stamp time, not forever."""
+    pairer = ApproximateTimePairer(slop=0.02, lower_bound_factor=0.0, max_wait=0.1,
+                                   queue_size=100)
+    assert pairer.add(THERMAL, 0, 't') == []
+    out = []
+    for k in range(10):  # thermal camera died; RGB continues at 30 Hz
+        out += pairer.add(RGB, 5 * MS + k * 33 * MS, k)
+        if out:
+            break
+    assert out == [(5 * MS, 't', 0)]
+    assert k == 4  # 5 + 4 * 33 = 137 ms >= 5 ms + 100 ms
+
+
+def test_queue_overflow_is_bounded_and_counted():
+    pairer = ApproximateTimePairer(slop=0.01, queue_size=3)
+    for k in range(10):
+        assert pairer.add(THERMAL, k * 100 * MS, k) == []
+    assert pairer.pending == (3, 0)
+    assert pairer.stats.dropped[THERMAL]['queue_overflow'] == 7
+    pairer.add(RGB, 10_000 * MS, 'r')
+    pairer.flush()
+    assert pairer.stats.dropped_total() == 11
+
+
+def test_overflow_of_a_waiting_message_forces_its_pair():
+    """The oldest message leaving a full queue takes its partner instead of being lost."""
+    pairer = ApproximateTimePairer(slop=0.05, queue_size=2, lower_bound_factor=0.0,
+                                   max_wait=100.0)
+    assert pairer.add(RGB, 0, 'r') == []
+    assert pairer.add(THERMAL, 1 * MS, 't0') == []  # an RGB frame at 1 ms could still come
+    assert pairer.add(THERMAL, 30 * MS, 't1') == []
+    assert pairer.add(THERMAL, 40 * MS, 't2') == [(0, 't0', 'r')]
+    assert pairer.stats.dropped_total() == 0
+
+
+def test_reset_drops_pending_and_counts():
+    pairer = ApproximateTimePairer()
+    pairer.add(THERMAL, 0, 'a')
+    pairer.reset()
+    assert pairer.pending == (0, 0)
+    assert pairer.stats.resets == 1
+    assert pairer.stats.dropped[THERMAL]['reset'] == 1
+    assert pairer.add(THERMAL, 0, 'b') == []  # same stamp again after reset: fine
+
+
+def test_stats_as_dict():
+    stats = SyncStats()
+    stats.received[RGB] = 3
+    stats.dropped[THERMAL]['no_match'] = 2
+    d = stats.as_dict()
+    assert d['received'] == {'thermal': 0, 'rgb': 3}
+    assert d['dropped']['thermal'] == {'no_match': 2, 'queue_overflow': 0, 'superseded': 0,
+                                       'reset': 0}
+    assert set(d['dropped']['rgb']) == set(DROP_REASONS)
+    assert d['paired'] == 0 and d['resets'] == 0
+    assert stats.dropped_total() == 2 and stats.dropped_total(RGB) == 0
+
+
+@pytest.mark.parametrize('kwargs', [
+    {'slop': -0.01}, {'slop': float('nan')}, {'slop': float('inf')}, {'slop': 'a'},
+    {'queue_size': 0}, {'queue_size': 2.5}, {'queue_size': True},
+    {'reset_threshold': 0.0}, {'reset_threshold': -1.0}, {'max_wait': -1.0},
+    {'lower_bound_factor': 1.5}, {'lower_bound_factor': -0.1},
+])
+def test_invalid_arguments_raise(kwargs):
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        ApproximateTimePairer(**kwargs)
+
+
+@pytest.mark.parametrize('stream', [2, -1, '0', 0.0, True, None])
+def test_invalid_stream_raises(stream):
+    pairer = ApproximateTimePairer()
+    with pytest.raises(ValueError, match='stream must be 0'):
+        pairer.add(stream, 0, None)
+    assert pairer.stats.received == [0, 0]
+
+
+@pytest.mark.parametrize('stamp', [1.5, '10', None, True])
+def test_invalid_stamp_raises(stamp):
+    with pytest.raises(ValueError, match='stamp_ns'):
+        ApproximateTimePairer().add(THERMAL, stamp, None)
+
+
+def test_numpy_int_stamps_are_accepted():
+    pairer = ApproximateTimePairer(slop=0.0)
+    out = pairer.add(THERMAL, np.int64(5), 'a') + pairer.add(RGB, np.int64(5), 'b')
+    assert out == [(5, 'a', 'b')] and type(out[0][0]) is int
+
+
+def test_stamp_helpers():
+    stamp = SimpleNamespace(sec=3, nanosec=25)
+    assert stamp_to_ns(stamp) == 3_000_000_025
+    assert stamp_to_ns(7) == 7
+    assert stamp_to_ns(SimpleNamespace(nanoseconds=11)) == 11
+    assert header_stamp_ns(SimpleNamespace(header=SimpleNamespace(stamp=stamp))) == 3_000_000_025
+    with pytest.raises(TypeError, match='float'):
+        stamp_to_ns(1.5)
+    with pytest.raises(TypeError, match='header.stamp'):
+        header_stamp_ns(object())
+
+
+@pytest.mark.parametrize('lag_ms', [-150, 150])
+def test_one_stream_arriving_late_still_pairs_nearest(rng, lag_ms):
+    """One camera's pipeline delivers 150 ms later than the other's (arrival order != stamps)."""
+    th_ns, rgb_ns, _ = _regular_streams(rng, 4.0)
+    arrivals = [(THERMAL, int(t), t + lag_ms * MS) for t in th_ns]
+    arrivals += [(RGB, int(t), t) for t in rgb_ns]
+    arrivals.sort(key=lambda e: e[2])
+    events = [(s, t) for s, t, _ in arrivals]
+    pairer = ApproximateTimePairer(slop=0.02, queue_size=10)
+    pairs = _run(pairer, events)
+    _check_invariants(pairer, events, pairs, 20 * MS)
+    assert {th[1]: rgb[1] for _, th, rgb in pairs} == {
+        int(t): int(rgb_ns[np.argmin(np.abs(rgb_ns - t))]) for t in th_ns}
