@@ -1,0 +1,415 @@
+"""Offline fusion of a ROS 2 bag with ``rosbags`` (no ROS installation needed).
+
+:func:`fuse_bag` reads the thermal and RGB image topics of a bag (a bag folder, or a single
+``.mcap`` / ``.db3`` file), pairs them by header stamp with the same
+:class:`~sfdfuse_core.sync.ApproximateTimePairer` the node uses, fuses every pair and writes a
+new bag with the fused topic (header = the RGB header) and, on request, the input topics copied
+byte for byte. Every message read is accounted for: it ends up in a fused pair, is dropped by
+the pairer (no partner within the slop, superseded, ...), or is bad (undecodable, unsupported
+encoding, fusion failed), and the report counts each by reason.
+
+The output is written to a hidden sibling folder and renamed into place only when everything
+succeeded, so an interrupted run never leaves a bag that looks complete; an existing output is
+replaced only when the caller says so.
+"""
+import os
+from contextlib import closing
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Tuple, Union
+
+import cv2
+import numpy as np
+
+from sfdfuse_core.imgmsg import (ImageConversionError, array_to_image_fields, decode_compressed,
+                                 image_msg_to_array)
+from sfdfuse_core.sync import ApproximateTimePairer
+
+PathLike = Union[str, Path]
+
+IMAGE_TYPE = 'sensor_msgs/msg/Image'
+COMPRESSED_TYPE = 'sensor_msgs/msg/CompressedImage'
+#: Message types accepted on the two input topics.
+INPUT_TYPES = (IMAGE_TYPE, COMPRESSED_TYPE)
+#: Stream indices of the pairer.
+THERMAL, RGB = 0, 1
+_ROLE = {THERMAL: 'thermal', RGB: 'rgb'}
+#: Storage formats of the output bag.
+FORMATS = ('mcap', 'sqlite3')
+
+
+class BagError(ValueError):
+    """A bag cannot be read or written as asked (missing topic, wrong type, bad path)."""
+
+
+class BagTopicError(BagError):
+    """A requested topic is missing from the bag or has a type that cannot be fused."""
+
+
+class BagOutputExistsError(BagError, FileExistsError):
+    """The output bag exists and overwriting was not allowed."""
+
+
+@dataclass
+class BagFuseReport:
+    """What :func:`fuse_bag` did, with every input message accounted for.
+
+    ``sum(read.values()) == 2 * fused + sum(dropped.values()) + sum(bad.values())`` holds.
+
+    :param in_path: the bag read.
+    :param out_path: the bag written.
+    :param thermal_topic: thermal input topic.
+    :param rgb_topic: RGB input topic.
+    :param fused_topic: output topic.
+    :param read: messages read per input topic.
+    :param pairs: pairs the pairer formed.
+    :param fused: pairs fused and written.
+    :param dropped: messages the pairer did not use, by reason (``'thermal: unpaired'`` ...).
+    :param bad: messages that could not be used, by reason; a pair whose fusion failed counts
+        both of its messages here.
+    :param bad_examples: the first few bad-message errors, for the log.
+    :param copied: messages copied per input topic (``include_inputs``).
+    :param sync_stats: the pairer's own statistics.
+    :param seconds: wall time of the run.
+    """
+
+    in_path: Path
+    out_path: Path
+    thermal_topic: str
+    rgb_topic: str
+    fused_topic: str
+    read: Dict[str, int] = field(default_factory=dict)
+    pairs: int = 0
+    fused: int = 0
+    dropped: Dict[str, int] = field(default_factory=dict)
+    bad: Dict[str, int] = field(default_factory=dict)
+    bad_examples: List[str] = field(default_factory=list)
+    copied: Dict[str, int] = field(default_factory=dict)
+    sync_stats: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def balanced(self) -> bool:
+        """Whether every message read is accounted for (fused, dropped or bad)."""
+        return sum(self.read.values()) == (2 * self.fused + sum(self.dropped.values())
+                                           + sum(self.bad.values()))
+
+    def summary(self) -> str:
+        """Return a human-readable multi-line summary."""
+        total = sum(self.read.values())
+        lines = [f'read {total} messages from {self.in_path}:']
+        for topic, n in self.read.items():
+            lines.append(f'  {topic}: {n}')
+        lines.append(f'pairs found: {self.pairs}; fused: {self.fused} -> {self.fused_topic} '
+                     f'in {self.out_path}')
+        if self.copied:
+            lines.append('copied: ' + ', '.join(f'{t} {n}' for t, n in self.copied.items()))
+        used = 2 * self.fused
+        lines.append(f'accounted: {used} in fused pairs + {sum(self.dropped.values())} dropped '
+                     f'+ {sum(self.bad.values())} bad = '
+                     f'{used + sum(self.dropped.values()) + sum(self.bad.values())} of {total}')
+        for reason, n in sorted(self.dropped.items()):
+            lines.append(f'  dropped, {reason}: {n}')
+        for reason, n in sorted(self.bad.items()):
+            lines.append(f'  bad, {reason}: {n}')
+        for example in self.bad_examples:
+            lines.append(f'    e.g. {example}')
+        lines.append(f'time: {self.seconds:.1f} s')
+        return '\n'.join(lines)
+
+
+def describe_topics(reader) -> str:
+    """List a bag's topics as ``name (type, N msgs)``, one per line, for error messages."""
+    rows = []
+    for name, info in sorted(reader.topics.items()):
+        rows.append(f'  {name} ({info.msgtype}, {info.msgcount} msgs)')
+    return '\n'.join(rows) if rows else '  (no topics)'
+
+
+def open_reader(in_path: PathLike):
+    """Open a bag for reading: a bag folder, or a single ``.mcap`` or ``.db3`` file.
+
+    :param in_path: the bag.
+    :return: an open :class:`rosbags.rosbag2.Reader` (close it, e.g. ``with closing(...)``).
+    :raises BagError: when the path does not exist or is not a bag.
+    """
+    from rosbags.rosbag2 import Reader
+
+    path = Path(in_path)
+    if not path.exists():
+        raise BagError(f'bag not found: {path}')
+    if path.is_dir() and not (path / 'metadata.yaml').is_file():
+        storage = sorted(path.glob('*.mcap')) + sorted(path.glob('*.db3'))
+        if len(storage) == 1:
+            path = storage[0]
+        else:
+            raise BagError(f'{path} is a folder without metadata.yaml and without exactly one '
+                           f'.mcap or .db3 file (found {len(storage)}); not a ROS 2 bag')
+    try:
+        reader = Reader(path)
+        reader.open()
+    except Exception as exc:  # rosbags raises its own errors and OS errors
+        raise BagError(f'cannot open bag {path}: {type(exc).__name__}: {exc}') from exc
+    return reader
+
+
+def _check_topic(reader, topic: str, role: str) -> list:
+    conns = [c for c in reader.connections if c.topic == topic]
+    if not conns:
+        raise BagTopicError(f'{role} topic {topic!r} not in the bag; its topics are:\n'
+                            + describe_topics(reader))
+    wrong = sorted({c.msgtype for c in conns if c.msgtype not in INPUT_TYPES})
+    if wrong:
+        raise BagTopicError(f'{role} topic {topic!r} has type {", ".join(wrong)}; expected one '
+                            f'of {", ".join(INPUT_TYPES)}. The bag\'s topics are:\n'
+                            + describe_topics(reader))
+    return conns
+
+
+def _stamp_ns(header) -> int:
+    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
+
+
+def _temp_sibling(out_path: Path) -> Path:
+    """Return a hidden folder beside ``out_path`` (the bag is written inside, final name)."""
+    return out_path.parent / f'.{out_path.name}.partial-{os.getpid()}-{time.monotonic_ns()}'
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+@dataclass
+class _Input:
+    """A decoded input message waiting in the pairer."""
+
+    header: object
+    image: np.ndarray
+    bag_time: int
+
+
+def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_topic: str,
+             fuser: Callable[[np.ndarray, np.ndarray], np.ndarray],
+             fused_topic: str = '/fused/image', slop: float = 0.05, queue_size: int = 10,
+             thermal_normalizer: Optional[Callable[[np.ndarray], np.ndarray]] = None,
+             homography: Optional[np.ndarray] = None, include_inputs: bool = False,
+             output_encoding: str = 'bgr8', storage: str = 'mcap', overwrite: bool = False,
+             progress: bool = False, max_examples: int = 5) -> BagFuseReport:
+    """Fuse the thermal and RGB images of a bag into a new bag.
+
+    Pairing uses the header stamps and :class:`~sfdfuse_core.sync.ApproximateTimePairer`
+    (``slop``, ``queue_size``), as the node does. The thermal image is mapped to 8 bit by
+    ``thermal_normalizer`` (default :class:`~sfdfuse_core.thermal.ThermalNormalizer` in ``auto``
+    mode), aligned to the RGB geometry by :func:`~sfdfuse_core.thermal.align_thermal`, and fused
+    with the RGB image by ``fuser(vi, ir)``, as the node does. The fused ``sensor_msgs/Image``
+    carries the RGB header; its bag time is the later of the two inputs' bag times.
+
+    :param in_path: input bag: folder, ``.mcap`` or ``.db3`` file.
+    :param out_path: output bag folder; must not exist unless ``overwrite``.
+    :param thermal_topic: thermal ``Image`` or ``CompressedImage`` topic.
+    :param rgb_topic: RGB ``Image`` or ``CompressedImage`` topic.
+    :param fuser: ``fuser(vi, ir) -> uint8``, e.g. a :class:`~sfdfuse_core.fusion.Fuser`.
+    :param fused_topic: output topic.
+    :param slop: largest stamp difference of a pair, seconds.
+    :param queue_size: messages the pairer keeps per stream.
+    :param thermal_normalizer: 16-bit (or 8-bit) thermal -> ``uint8`` mapping.
+    :param homography: 3x3 thermal -> RGB homography for the alignment, or ``None`` (resize).
+    :param output_encoding: ``'bgr8'`` (fused luminance with the RGB chroma; gray output is
+        expanded) or ``'mono8'`` (the RGB image is fused as gray).
+    :param include_inputs: copy the two input topics (raw bytes) into the output too.
+    :param storage: output storage, ``'mcap'`` or ``'sqlite3'``.
+    :param overwrite: replace an existing output.
+    :param progress: show a tqdm progress bar on stderr.
+    :param max_examples: number of bad-message errors kept in the report.
+    :return: the report; ``report.balanced`` is always true.
+    :raises BagError: on a missing or wrongly typed topic, a missing input, an output equal to
+        the input, or an unknown storage.
+    :raises BagOutputExistsError: when the output exists and ``overwrite`` is false.
+    """
+    from rosbags.rosbag2 import StoragePlugin, Writer
+    from rosbags.typesys import Stores, get_typestore
+
+    from sfdfuse_core.thermal import ThermalNormalizer, align_thermal
+
+    plugins = {'mcap': StoragePlugin.MCAP, 'sqlite3': StoragePlugin.SQLITE3}
+    if storage not in plugins:
+        raise BagError(f'storage must be one of {FORMATS}, got {storage!r}')
+    if output_encoding not in ('bgr8', 'mono8'):
+        raise BagError(f"output_encoding must be 'bgr8' or 'mono8', got {output_encoding!r}")
+    if thermal_topic == rgb_topic:
+        raise BagError(f'thermal and rgb topic are the same: {thermal_topic!r}')
+    if fused_topic in (thermal_topic, rgb_topic) and include_inputs:
+        raise BagError(f'fused topic {fused_topic!r} equals an input topic copied to the output')
+    in_path, out_path = Path(in_path), Path(out_path)
+    in_abs, out_abs = in_path.resolve(), out_path.resolve()
+    if out_abs == in_abs or out_abs in in_abs.parents:
+        raise BagError(f'output {out_path} would overwrite the input bag {in_path}')
+    if out_path.exists() or out_path.is_symlink():
+        if not overwrite:
+            raise BagOutputExistsError(f'output exists: {out_path} (refusing to overwrite; '
+                                       'pass --force / overwrite=True to replace it)')
+    normalizer = thermal_normalizer if thermal_normalizer is not None else ThermalNormalizer()
+    typestore = get_typestore(Stores.ROS2_KILTED)
+    report = BagFuseReport(in_path=in_path, out_path=out_path, thermal_topic=thermal_topic,
+                           rgb_topic=rgb_topic, fused_topic=fused_topic)
+    started = time.monotonic()
+
+    with closing(open_reader(in_path)) as reader:
+        conns = {THERMAL: _check_topic(reader, thermal_topic, 'thermal'),
+                 RGB: _check_topic(reader, rgb_topic, 'rgb')}
+        stream_of = {c.id: s for s, cs in conns.items() for c in cs}
+        report.read = {thermal_topic: 0, rgb_topic: 0}
+        total = sum(c.msgcount for cs in conns.values() for c in cs)
+
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _temp_sibling(out_path)
+        tmp.mkdir()
+        writer = Writer(tmp / out_path.name, version=9, storage_plugin=plugins[storage])
+        bar = None
+        try:
+            writer.open()
+            fused_conn = writer.add_connection(fused_topic, IMAGE_TYPE, typestore=typestore)
+            copy_conns = {}
+            if include_inputs:
+                for c in conns[THERMAL] + conns[RGB]:
+                    copy_conns[c.id] = _copy_connection(writer, c, typestore)
+                report.copied = {thermal_topic: 0, rgb_topic: 0}
+            pairer = ApproximateTimePairer(slop=slop, queue_size=queue_size)
+            members = {THERMAL: 0, RGB: 0}  # messages that went into a pair
+            image_t = typestore.types[IMAGE_TYPE]
+
+            def bad(role: str, reason: str, detail: str, n: int = 1) -> None:
+                key = f'{role}: {reason}'
+                report.bad[key] = report.bad.get(key, 0) + n
+                if len(report.bad_examples) < max_examples:
+                    report.bad_examples.append(f'{role}: {detail}')
+
+            def emit(pairs: list) -> None:
+                for _stamp, th, rgb in pairs:
+                    report.pairs += 1
+                    members[THERMAL] += 1
+                    members[RGB] += 1
+                    try:
+                        ir8 = normalizer(th.image)
+                        ir8 = align_thermal(ir8, rgb.image.shape[:2], homography)
+                        vi = rgb.image
+                        if output_encoding == 'mono8' and vi.ndim == 3:
+                            vi = cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
+                        out = fuser(vi, ir8)
+                        if output_encoding == 'bgr8' and out.ndim == 2:
+                            out = cv2.cvtColor(out, cv2.COLOR_GRAY2BGR)
+                        fields = array_to_image_fields(out, output_encoding)
+                    except (ValueError, TypeError, RuntimeError) as exc:
+                        bad('pair', 'fusion failed', f'{type(exc).__name__}: {exc}', n=2)
+                        continue
+                    fields['data'] = np.frombuffer(fields['data'], np.uint8)
+                    msg = image_t(header=rgb.header, **fields)
+                    writer.write(fused_conn, max(th.bag_time, rgb.bag_time),
+                                 typestore.serialize_cdr(msg, IMAGE_TYPE))
+                    report.fused += 1
+
+            if progress:
+                from tqdm import tqdm
+                bar = tqdm(total=total, unit='msg', desc='fusing', dynamic_ncols=True)
+            wanted = conns[THERMAL] + conns[RGB]
+            for conn, bag_time, raw in reader.messages(connections=wanted):
+                stream = stream_of[conn.id]
+                role = _ROLE[stream]
+                report.read[conn.topic] += 1
+                if bar is not None:
+                    bar.update(1)
+                if include_inputs:
+                    writer.write(copy_conns[conn.id], bag_time, raw)
+                    report.copied[conn.topic] += 1
+                try:
+                    msg = typestore.deserialize_cdr(raw, conn.msgtype)
+                except Exception as exc:  # truncated or corrupt CDR: any error of the decoder
+                    bad(role, 'cannot deserialise', f'{type(exc).__name__}: {exc} '
+                        f'({len(raw)} bytes at bag time {bag_time})')
+                    continue
+                try:
+                    if conn.msgtype == COMPRESSED_TYPE:
+                        image = decode_compressed(msg)
+                    else:
+                        image = image_msg_to_array(msg)
+                    if stream == RGB and image.dtype != np.uint8:
+                        raise ImageConversionError(
+                            f'RGB image must be 8-bit per channel, got {image.dtype}')
+                    if image.size == 0:
+                        raise ImageConversionError(f'empty image {image.shape}')
+                except (ImageConversionError, ValueError, TypeError) as exc:
+                    bad(role, 'bad image', f'{type(exc).__name__}: {exc}')
+                    continue
+                item = _Input(header=msg.header, image=image, bag_time=bag_time)
+                emit(pairer.add(stream, _stamp_ns(msg.header), item))
+            emit(pairer.flush() or [])
+            if bar is not None:
+                bar.close()
+                bar = None
+            report.sync_stats = pairer.stats.as_dict()
+            for stream, topic in ((THERMAL, thermal_topic), (RGB, rgb_topic)):
+                role = _ROLE[stream]
+                for reason, n in pairer.stats.dropped[stream].items():
+                    if n:
+                        report.dropped[f'{role}: {reason}'] = n
+                bad_n = sum(n for k, n in report.bad.items() if k.startswith(role + ':'))
+                rest = (report.read[topic] - members[stream] - bad_n
+                        - pairer.stats.dropped_total(stream))
+                if rest:  # cannot happen with the pairer's guarantee; never hide it anyway
+                    report.dropped[f'{role}: unaccounted'] = rest
+        except BaseException:
+            if bar is not None:
+                bar.close()
+            writer.abort()
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        try:
+            writer.close()
+            if out_path.exists() or out_path.is_symlink():
+                _remove(out_path)
+            (tmp / out_path.name).rename(out_path)
+            tmp.rmdir()
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def _copy_connection(writer, conn, typestore):
+    """Add a connection to ``writer`` that is a copy of a reader's ``conn`` (type, QoS)."""
+    ext = conn.ext
+    qos = list(getattr(ext, 'offered_qos_profiles', []) or [])
+    fmt = getattr(ext, 'serialization_format', 'cdr')
+    msgdef = conn.msgdef.data if conn.msgdef is not None else None
+    if msgdef and conn.digest and conn.digest.startswith('RIHS01_'):
+        return writer.add_connection(conn.topic, conn.msgtype, msgdef=msgdef, rihs01=conn.digest,
+                                     serialization_format=fmt, offered_qos_profiles=qos)
+    return writer.add_connection(conn.topic, conn.msgtype, typestore=typestore,
+                                 serialization_format=fmt, offered_qos_profiles=qos)
+
+
+def pair_stamps(thermal_stamps: List[int], rgb_stamps: List[int], slop: float = 0.05,
+                queue_size: int = 10) -> List[Tuple[int, int, int]]:
+    """Pair two stamp lists as the node would (for planning and checking, no images).
+
+    The stamps are fed in time order; ties go thermal first.
+
+    :param thermal_stamps: thermal header stamps, ns.
+    :param rgb_stamps: RGB header stamps, ns.
+    :param slop: largest stamp difference of a pair, seconds.
+    :param queue_size: messages kept per stream.
+    :return: ``(pair_stamp_ns, thermal_stamp_ns, rgb_stamp_ns)`` per pair.
+    """
+    events = sorted([(s, THERMAL) for s in thermal_stamps] + [(s, RGB) for s in rgb_stamps])
+    pairer = ApproximateTimePairer(slop=slop, queue_size=queue_size)
+    out = []
+    for stamp, stream in events:
+        out.extend(pairer.add(stream, stamp, stamp))
+    out.extend(pairer.flush() or [])
+    return [(int(p), int(a), int(b)) for p, a, b in out]
