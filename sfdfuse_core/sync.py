@@ -2,8 +2,9 @@
 
 The fusion node and the offline bag tool both need thermal/RGB pairs whose stamps are close.
 ``message_filters`` cannot be installed here, and neither of its policies does quite what a
-thermal + RGB rig needs, so this module holds our own policy. It is pure Python, knows nothing
-of ROS and works on integer nanosecond stamps plus opaque items (the messages themselves).
+thermal + RGB rig needs (they pair set by set, this module pairs as many frames as possible),
+so this module holds our own policy. It is pure Python, knows nothing of ROS and works on
+integer nanosecond stamps plus opaque items (the messages themselves).
 
 Relation to ``message_filters``
 -------------------------------
@@ -18,32 +19,51 @@ Relation to ``message_filters``
   can provably no longer be improved: the pivot is the latest of the queue heads, and the set is
   published once every topic has a message at or after the pivot (or an inter-message lower
   bound proves no better message can come); messages older than the published set are dropped.
-  ``max_interval_duration`` plays the role of ``slop``. It minimises the spread of each set.
+  ``max_interval_duration`` plays the role of ``slop``. It minimises the spread of each set in
+  turn, so a message dropped as "older than the published set" may have had a partner of its
+  own: it does not maximise the number of sets.
 
-This policy keeps the C++ idea (emit a pair only when it can no longer be improved) with the
-Python parameters (``slop``, ``queue_size``), specialised to two streams:
+This policy keeps the C++ idea (emit only what can no longer be improved) with the Python
+parameters (``slop``, ``queue_size``), specialised to two streams, but optimises the matching as
+a whole instead of each set on its own: both ``message_filters`` policies (and nearest-first
+pairing) let two neighbouring frames compete for one partner, and at equal rates with an offset
+near half a period the loser's other neighbour is often taken already, so it is lost although a
+one-to-one pairing existed (measured with the former nearest-first version of this module:
+30/30 Hz, +-3 ms jitter, 16.5 ms offset: 9 % of thermal frames unpaired with ``slop=0.05``).
 
-* Every candidate pair (thermal, RGB) with ``|t_thermal - t_rgb| <= slop`` (inclusive, so
-  ``slop=0`` pairs equal stamps only) is considered in order of increasing gap (ties: earlier
-  RGB stamp first). A pair is emitted when neither message can still get a strictly closer
-  partner: future stamps on a stream are bounded below by the newest stamp seen there plus an
-  estimated inter-message lower bound (``lower_bound_factor`` times the smallest of the last
-  intervals, like ``setInterMessageLowerBound`` but estimated, so a 9 Hz thermal camera does not
-  add a frame period of latency). A pair that must wait blocks every larger-gap pair that shares
-  a message with it, transitively, so the result equals the greedy closest-first matching that
-  would be made with all messages known. For two regular streams (9 Hz thermal, 30 Hz RGB) every
-  thermal frame therefore gets its nearest RGB frame, and each message is used at most once.
-  Known limit of "nearest first": at *equal* rates with an offset near half a period, jitter
-  makes neighbouring frames compete for one partner and the loser may find its other neighbour
-  taken (measured: 30/30 Hz, +-3 ms jitter, 16.5 ms offset: ~8 % of thermal frames unpaired
-  with ``slop=0.05``; 0 % for offsets below ~10 ms). A matching that maximises the number of
-  pairs first would keep them; hardware-triggered or offset-free rigs do not hit this.
-* A bounded wait: a pair is also emitted once the newest stamp seen on any stream is
-  ``max_wait`` seconds past both of its stamps (a stream that stopped cannot stall the other).
+* A pair is two messages with ``|t_thermal - t_rgb| <= slop`` (inclusive, so ``slop=0`` pairs
+  equal stamps only). The pending messages are *planned*: among the matchings of the two
+  queues, one with the most pairs, and among those the smallest total stamp difference (ties:
+  a thermal frame takes the earlier RGB frame). Two time-sorted queues have an optimal matching
+  without crossing pairs, so a dynamic programme over queue prefixes finds it in
+  ``O(len(thermal) * len(rgb))``, at most ``(queue_size + 1) ** 2`` steps (a few ten
+  microseconds per message in CPython); messages no pending or future message can reach stay
+  queued outside it. For two regular streams at different rates (9 Hz thermal, 30 Hz RGB)
+  every thermal frame therefore gets its nearest RGB frame; at equal rates every frame is paired
+  whenever a one-to-one pairing within ``slop`` exists.
+* The oldest planned pairs are emitted once no future message can change them. Future stamps on
+  a stream are bounded below by the newest stamp seen there plus an estimated inter-message
+  lower bound (``lower_bound_factor`` times the smallest of the last intervals, like
+  ``setInterMessageLowerBound`` but estimated, so a 9 Hz thermal camera does not add a frame
+  period of latency); a queued message within ``slop`` of that bound is *open*. A planned pair is
+  final when (1) neither message can get a strictly closer partner, and (2) committing it, with
+  the older planned pairs, cannot cost a pair whatever the future: a future message can only
+  take open messages, the taken ones form a suffix of each queue (no crossing pairs), and for
+  every such suffix the committed pairs plus the best matching of the rest must have as many
+  pairs as the best matching of the window without the suffix, allowing for the pairs the
+  future loses to the commitment (bounded with how many future messages, spaced by the lower
+  bound, can reach the open ones). A pair is thus emitted about one frame of the faster stream
+  after its later message (measured: at most ~40 ms at 30/30 and 9/30 Hz once three intervals
+  are known, the same as nearest-first pairing except for 9/30 Hz with ``slop=0.05``, where it
+  now waits for the next RGB frame).
+* A bounded wait: a planned pair (with the older ones) is also emitted once the newest stamp
+  seen on any stream is ``max_wait`` seconds past both of its stamps (a stream that stopped
+  cannot stall the other).
 * Unpaired messages stay queued (so an out-of-order message that arrives late, within the
   queue, still pairs) until the queue of their stream holds more than ``queue_size`` messages.
-  Then the oldest is forced: paired if a partner is free, otherwise dropped and counted as
-  ``'no_match'`` (no partner can come any more) or ``'queue_overflow'`` (one might have).
+  Then the oldest is forced: if the plan pairs it, that pair (and the older planned ones) is
+  emitted, otherwise it is dropped and counted as ``'no_match'`` (no partner can come any more)
+  or ``'queue_overflow'`` (one might have).
 * Duplicate stamps on one stream: the newer message replaces the queued one (``'superseded'``),
   as the dict of the Python version does, but counted.
 * Time jumping backwards: a stamp more than ``reset_threshold`` older than the newest seen on its
@@ -344,6 +364,24 @@ class ApproximateTimePairer:
             return newest + self._factor * min(intervals)
         return newest
 
+    def _first_open(self, stamps: list[int], other: int) -> int:
+        """Return the index of the first sorted stamp a future message of ``other`` can reach."""
+        bound = self._future_bound(other)
+        return 0 if bound is None else bisect_left(stamps, bound - self._slop_ns)
+
+    def _reach_count(self, stream: int, last: int) -> float:
+        """Return how many future messages of ``stream`` can be within slop of ``last``."""
+        bound = self._future_bound(stream)
+        if bound is None:
+            return float('inf')
+        if bound > last + self._slop_ns:
+            return 0
+        intervals = self._intervals[stream]
+        step = self._factor * min(intervals) if len(intervals) >= _MIN_INTERVALS else 0.0
+        if step <= 0:
+            return float('inf')
+        return (last + self._slop_ns - bound) // step + 1
+
     def _may_improve(self, stamp: int, other: int, gap: int) -> bool:
         """Whether a future message of ``other`` could be strictly closer than ``gap``."""
         bound = self._future_bound(other)
@@ -354,48 +392,160 @@ class ApproximateTimePairer:
         return max(known) if known else None
 
     def _match(self, force_all: bool) -> list[Pair]:
-        """Emit the pairs that are final (all of them when ``force_all``); see module doc."""
-        thermal, rgb = self._queues
-        if not thermal or not rgb:
+        """Emit the pairs of the planned matching that are final; see the module docstring."""
+        queue_t, queue_r = self._queues
+        if not queue_t or not queue_r:
             return []
-        rgb_stamps = [e.stamp for e in rgb]
-        candidates = []
-        for et in thermal:
-            lo = bisect_left(rgb_stamps, et.stamp - self._slop_ns)
-            hi = bisect_right(rgb_stamps, et.stamp + self._slop_ns)
-            for er in rgb[lo:hi]:
-                candidates.append((abs(et.stamp - er.stamp), er.stamp, et.seq, er.seq, et, er))
-        if not candidates:
+        slop = self._slop_ns
+        ts = [e.stamp for e in queue_t]
+        rs = [e.stamp for e in queue_r]
+        lo = [bisect_left(rs, t - slop) for t in ts]
+        hi = [bisect_right(rs, t + slop) for t in ts]
+        if all(first == last for first, last in zip(lo, hi)):
             return []
-        candidates.sort(key=lambda c: c[:4])
+        # Messages with no partner in the window that no future message can reach either stay
+        # queued but out of the matching (they only cost time there).
+        open_t = self._first_open(ts, RGB)
+        open_r = self._first_open(rs, THERMAL)
+        thermal = [e for i, (e, first, last) in enumerate(zip(queue_t, lo, hi))
+                   if first < last or i >= open_t]
+        partnered = bytearray(len(rs))
+        for first, last in zip(lo, hi):
+            partnered[first:last] = b'\x01' * (last - first)
+        rgb = [e for j, (e, flag) in enumerate(zip(queue_r, partnered)) if flag or j >= open_r]
+        ts = [e.stamp for e in thermal]
+        rs = [e.stamp for e in rgb]
+        lo = [bisect_left(rs, t - slop) for t in ts]  # RGB partners of ts[i]: rs[lo[i]:hi[i]]
+        hi = [bisect_right(rs, t + slop) for t in ts]
+        n, m = len(ts), len(rs)
+        # Forward DP over prefixes: g[i][j] is the best matching of ts[:i] with rs[:j], scored
+        # pairs * k - total gap, so the number of pairs comes first and closeness second.
+        k = slop * min(n, m) + 1
+        g = [[0] * (m + 1)]
+        for i in range(n):
+            prev = g[i]
+            row = [0] * (m + 1)
+            t, first, last = ts[i], lo[i], hi[i]
+            for j in range(m):
+                best = prev[j + 1] if prev[j + 1] >= row[j] else row[j]
+                if first <= j < last:
+                    paired = prev[j] + k - abs(t - rs[j])
+                    if paired > best:
+                        best = paired
+                row[j + 1] = best
+            g.append(row)
+        plan = self._backtrack(g, lo, hi, ts, rs, k)
+        if not plan:
+            return []
+        n_final = len(plan) if force_all else self._final_prefix(plan, g, k, lo, hi, ts, rs)
+        if not force_all:
+            n_final = max(n_final, self._forced_prefix(plan, thermal, rgb))
+        if not n_final:
+            return []
+        out = []
+        used = set()
+        for i, j in plan[:n_final]:
+            out.append((rs[j], thermal[i].item, rgb[j].item))
+            used.add(thermal[i].seq)
+            used.add(rgb[j].seq)
+        queue_t[:] = [e for e in queue_t if e.seq not in used]
+        queue_r[:] = [e for e in queue_r if e.seq not in used]
+        self.stats.paired += len(out)
+        return out
+
+    @staticmethod
+    def _backtrack(g: list[list[int]], lo: list[int], hi: list[int], ts: list[int],
+                   rs: list[int], k: int) -> list[tuple[int, int]]:
+        """Return the planned pairs ``(thermal_index, rgb_index)`` of ``g[-1][-1]``, oldest first.
+
+        Among equal scores the thermal frame takes the earlier RGB frame.
+        """
+        i, j = len(g) - 1, len(g[0]) - 1
+        plan = []
+        while i and j:
+            value = g[i][j]
+            if g[i][j - 1] == value:
+                j -= 1
+            elif lo[i - 1] <= j - 1 < hi[i - 1] and \
+                    g[i - 1][j - 1] + k - abs(ts[i - 1] - rs[j - 1]) == value:
+                i -= 1
+                j -= 1
+                plan.append((i, j))
+            else:
+                i -= 1
+        plan.reverse()
+        return plan
+
+    def _forced_prefix(self, plan: list[tuple[int, int]], thermal: list[_Entry],
+                       rgb: list[_Entry]) -> int:
+        """Return how many planned pairs must go now (queue overflow or ``max_wait``)."""
         forced = set()
         for queue in self._queues:  # the oldest messages beyond queue_size must go now
             forced.update(e.seq for e in queue[:max(0, len(queue) - self._queue_size)])
         newest = self._newest_overall()
-        used: set[int] = set()
-        blocked: set[int] = set()
-        out: list[Pair] = []
-        for gap, _, ts, rs, et, er in candidates:
-            if ts in used or rs in used:
-                continue
-            if ts in blocked or rs in blocked:
-                blocked.update((ts, rs))
-                continue
-            final = (force_all or ts in forced or rs in forced
-                     or (newest is not None
-                         and newest - max(et.stamp, er.stamp) >= self._max_wait_ns)
-                     or (not self._may_improve(et.stamp, RGB, gap)
-                         and not self._may_improve(er.stamp, THERMAL, gap)))
-            if final:
-                used.update((ts, rs))
-                out.append((er.stamp, et.item, er.item))
-            else:
-                blocked.update((ts, rs))
-        if used:
-            self._queues[0][:] = [e for e in thermal if e.seq not in used]
-            self._queues[1][:] = [e for e in rgb if e.seq not in used]
-            self.stats.paired += len(out)
-        return out
+        wait = self._max_wait_ns
+        for p in range(len(plan) - 1, -1, -1):
+            et, er = thermal[plan[p][0]], rgb[plan[p][1]]
+            if et.seq in forced or er.seq in forced or (
+                    newest is not None and newest - max(et.stamp, er.stamp) >= wait):
+                return p + 1
+        return 0
+
+    def _final_prefix(self, plan: list[tuple[int, int]], g: list[list[int]], k: int,
+                      lo: list[int], hi: list[int], ts: list[int], rs: list[int]) -> int:
+        """Return how many planned pairs (oldest first) no future message can change.
+
+        A pair is final when neither of its messages can get a strictly closer partner and
+        committing it (with the older planned pairs) cannot cost a pair, whatever the future:
+        future messages can only take *open* messages (those a future stamp can still reach
+        within slop), and for every choice of taken open messages (a suffix of each queue, as
+        an optimal matching has no crossing pairs) the committed pairs plus the best matching of
+        the rest must still have as many pairs as the best matching without the commitment.
+        """
+        n, m = len(ts), len(rs)
+        n_closed = self._first_open(ts, RGB)
+        m_closed = self._first_open(rs, THERMAL)
+        ends = [(a, b, (g[a][b] + k - 1) // k)
+                for a in range(n_closed, n + 1) for b in range(m_closed, m + 1)]
+        # how many future messages of each stream can still reach an open message of the other
+        reach_t = self._reach_count(THERMAL, rs[-1])
+        reach_r = self._reach_count(RGB, ts[-1])
+        for p, (i, j) in enumerate(plan):
+            gap = abs(ts[i] - rs[j])
+            if self._may_improve(ts[i], RGB, gap) or self._may_improve(rs[j], THERMAL, gap):
+                return p
+            i0, j0 = i + 1, j + 1  # the committed pairs lie in ts[:i0] x rs[:j0]
+            # h[a - i0][b - j0]: most pairs of ts[i0:a] with rs[j0:b]
+            h = [[0] * (m - j0 + 1)]
+            for a in range(i0, n):
+                prev = h[-1]
+                row = [0] * (m - j0 + 1)
+                first, last = lo[a], hi[a]
+                for b in range(j0, m):
+                    c = b - j0
+                    best = prev[c + 1] if prev[c + 1] >= row[c] else row[c]
+                    if first <= b < last and prev[c] + 1 > best:
+                        best = prev[c] + 1
+                    row[c + 1] = best
+                h.append(row)
+            for a, b, best in ends:
+                # The future takes ts[a:] and rs[b:]. A committed message among them costs it a
+                # pair unless an uncommitted one (all newer) can stand in: at most reach_r
+                # future RGB frames can use ts[a:], reach_t future thermal frames rs[b:]. If
+                # both messages of a committed pair were taken, their two future partners are
+                # within slop of each other and pair instead, so the pair costs one at most.
+                taken_t = taken_r = both = 0
+                for q in range(p + 1):
+                    in_t, in_r = plan[q][0] >= a, plan[q][1] >= b
+                    taken_t += in_t
+                    taken_r += in_r
+                    both += in_t and in_r
+                lost = min(max(0, taken_t - max(0, n - a - reach_r))
+                           + max(0, taken_r - max(0, m - b - reach_t)),
+                           taken_t + taken_r - both)
+                if p + 1 + h[max(a, i0) - i0][max(b, j0) - j0] < best + lost:
+                    return p
+        return len(plan)
 
     def _evict_overflow(self) -> None:
         for stream, queue in enumerate(self._queues):
