@@ -1,0 +1,385 @@
+"""Losses of the two SFDFuse training phases.
+
+The terms follow the public CDDFuse (Zhao et al., CVPR 2023; ``train.py``, ``utils/loss.py``)
+and SFDFuse (``zxp771/SFDFuse``; ``train.py``, ``utils/loss_fft.py``) code, re-implemented in
+plain torch:
+
+* :func:`ssim_loss` equals ``kornia.losses.SSIMLoss(11)``: Gaussian window 11, sigma 1.5,
+  ``C1 = 0.01**2``, ``C2 = 0.03**2`` (data range 1), reflect padding, and the loss
+  ``clamp((1 - SSIM) / 2, 0, 1)`` averaged (note the ``/ 2``: it lies in ``[0, 1]``).
+* :func:`spatial_gradient` equals ``kornia.filters.SpatialGradient()``: Sobel kernels divided by
+  the sum of their absolute values (8), replicate padding, ``(B, C, 2, H, W)``.
+* :func:`sobel_magnitude` equals the references' ``Sobelxy``: ``|Sx * x| + |Sy * x|`` with
+  unnormalised Sobel kernels and zero padding.
+* :func:`correlation` equals their ``cc``: per sample and channel correlation coefficient over
+  the spatial positions, clamped to ``[-1, 1]``, averaged.
+
+Every function takes the device and dtype from its inputs; kernels are built there, so nothing
+is tied to a GPU at construction. Weights live in :class:`LossWeights`, never inline.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ['LossWeights', 'gaussian_window', 'ssim_map', 'ssim_loss', 'spatial_gradient',
+           'sobel_magnitude', 'correlation', 'decomposition_loss', 'gradient_loss',
+           'reconstruction_loss', 'fusion_targets', 'fusion_loss', 'ReconstructionLoss',
+           'FusionLoss']
+
+_EPS = torch.finfo(torch.float32).eps
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Weights of every loss term (defaults: the published SFDFuse recipe).
+
+    Phase I (reconstruction), for each of V (visible) and I (infrared)::
+
+        recon_X = ssim * SSIMLoss(X, X_hat) + mse * MSE(X, X_hat)
+        loss_I = recon_vi * recon_V + recon_ir * recon_I + decomp * L_decomp
+                 + gradient * L1(grad V, grad V_hat)
+
+    Phase II (fusion), with ``M = max(Y, I)``::
+
+        loss_II = intensity * L1(M, F) + fusion_gradient * L1(max(|gY|, |gI|), |gF|)
+                  + fusion_ssim * SSIMLoss(M, F) + fusion_decomp * L_decomp
+
+    and ``L_decomp = cc(detail_V, detail_I)**2 / (decomp_offset + cc(base_V, base_I))``.
+    """
+
+    #: Phase I: weight of the SSIM loss inside each reconstruction term.
+    ssim: float = 5.0
+    #: Phase I: weight of the MSE inside each reconstruction term.
+    mse: float = 1.0
+    #: Phase I: weight of the visible reconstruction term (alpha1 in CDDFuse).
+    recon_vi: float = 1.0
+    #: Phase I: weight of the infrared reconstruction term.
+    recon_ir: float = 1.0
+    #: Phase I: weight of the decomposition loss (alpha2).
+    decomp: float = 2.0
+    #: Phase I: weight of the L1 between normalised Sobel gradients of V and its reconstruction.
+    gradient: float = 5.0
+    #: Offset of the decomposition loss's denominator (keeps it positive as cc_base -> -1).
+    decomp_offset: float = 1.01
+    #: Phase II: weight of L1(max(Y, I), F).
+    intensity: float = 1.0
+    #: Phase II: weight of L1(max(|grad Y|, |grad I|), |grad F|).
+    fusion_gradient: float = 10.0
+    #: Phase II: weight of SSIMLoss(max(Y, I), F).
+    fusion_ssim: float = 1.0
+    #: Phase II: weight of the decomposition loss.
+    fusion_decomp: float = 2.0
+    #: Side of the SSIM Gaussian window.
+    ssim_window: int = 11
+    #: Standard deviation of the SSIM Gaussian window.
+    ssim_sigma: float = 1.5
+
+    def __post_init__(self) -> None:
+        """Check ranges.
+
+        :raises ValueError: a negative weight, a non-positive offset, or an even window.
+        """
+        for name in ('ssim', 'mse', 'recon_vi', 'recon_ir', 'decomp', 'gradient', 'intensity',
+                     'fusion_gradient', 'fusion_ssim', 'fusion_decomp'):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f'loss weight {name} must be a number >= 0, got {value!r}')
+        if not self.decomp_offset > 1.0:
+            raise ValueError(f'decomp_offset must be > 1 (cc_base can reach -1), '
+                             f'got {self.decomp_offset!r}')
+        if not isinstance(self.ssim_window, int) or self.ssim_window < 1 \
+                or self.ssim_window % 2 == 0:
+            raise ValueError(f'ssim_window must be an odd int >= 1, got {self.ssim_window!r}')
+        if not self.ssim_sigma > 0:
+            raise ValueError(f'ssim_sigma must be > 0, got {self.ssim_sigma!r}')
+
+
+def _check_images(**tensors: torch.Tensor) -> None:
+    shape = None
+    for name, x in tensors.items():
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
+        if not x.is_floating_point():
+            raise TypeError(f'{name} must be a floating-point tensor, got {x.dtype}')
+        if x.ndim != 4:
+            raise ValueError(f'{name}: expected (B, C, H, W), got {tuple(x.shape)}')
+        if shape is not None and tuple(x.shape) != shape:
+            raise ValueError(f'shapes differ: {list(tensors)} got '
+                             f'{[tuple(t.shape) for t in tensors.values()]}')
+        shape = tuple(x.shape)
+
+
+def gaussian_window(size: int, sigma: float, device: torch.device | None = None,
+                    dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Build a normalised 2-D Gaussian window.
+
+    :param size: odd side length.
+    :param sigma: standard deviation in pixels.
+    :param device: where to build it.
+    :param dtype: its dtype.
+    :return: ``(size, size)`` tensor summing to 1.
+    """
+    coords = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    g = g / g.sum()
+    return torch.outer(g, g).to(dtype)
+
+
+def _filter(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
+    """Depthwise 2-D correlation with one kernel, padded to keep ``(H, W)``."""
+    channels = x.shape[1]
+    kh, kw = kernel.shape
+    x = F.pad(x, (kw // 2, kw // 2, kh // 2, kh // 2), mode=mode)
+    weight = kernel.to(x.dtype).expand(channels, 1, kh, kw)
+    return F.conv2d(x, weight, groups=channels)
+
+
+def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
+             data_range: float = 1.0) -> torch.Tensor:
+    """Per-pixel SSIM of two image batches (kornia's ``metrics.ssim`` with ``padding='same'``).
+
+    :param x: ``(B, C, H, W)`` float images.
+    :param y: same shape as ``x``.
+    :param window: odd side of the Gaussian window.
+    :param sigma: its standard deviation.
+    :param data_range: value range of the images (1 for ``[0, 1]``).
+    :return: ``(B, C, H, W)`` SSIM values.
+    """
+    _check_images(x=x, y=y)
+    if min(x.shape[-2:]) <= window // 2:
+        raise ValueError(f'images must be larger than {window // 2} pixels for an SSIM window '
+                         f'of {window}, got {tuple(x.shape)}')
+    kernel = gaussian_window(window, sigma, device=x.device, dtype=x.dtype)
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x = _filter(x, kernel, 'reflect')
+    mu_y = _filter(y, kernel, 'reflect')
+    sigma_x = _filter(x * x, kernel, 'reflect') - mu_x ** 2
+    sigma_y = _filter(y * y, kernel, 'reflect') - mu_y ** 2
+    sigma_xy = _filter(x * y, kernel, 'reflect') - mu_x * mu_y
+    num = (2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)
+    den = (mu_x ** 2 + mu_y ** 2 + c1) * (sigma_x + sigma_y + c2)
+    return num / (den + 1e-12)
+
+
+def ssim_loss(x: torch.Tensor, y: torch.Tensor, window: int = 11,
+              sigma: float = 1.5) -> torch.Tensor:
+    """``mean(clamp((1 - SSIM) / 2, 0, 1))``, as ``kornia.losses.SSIMLoss(window)``.
+
+    :param x: ``(B, C, H, W)`` float images in ``[0, 1]``.
+    :param y: same shape as ``x``.
+    :param window: odd side of the Gaussian window.
+    :param sigma: its standard deviation.
+    :return: scalar in ``[0, 1]``; 0 for identical images.
+    """
+    return torch.clamp((1.0 - ssim_map(x, y, window, sigma)) / 2, 0.0, 1.0).mean()
+
+
+def _sobel_kernels(device: torch.device, dtype: torch.dtype) -> Tuple[torch.Tensor, torch.Tensor]:
+    kx = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]],
+                      device=device, dtype=dtype)
+    return kx, kx.t()
+
+
+def spatial_gradient(x: torch.Tensor) -> torch.Tensor:
+    """Normalised Sobel gradients (``kornia.filters.SpatialGradient()``).
+
+    :param x: ``(B, C, H, W)`` float.
+    :return: ``(B, C, 2, H, W)``: d/dx then d/dy, kernels divided by 8, replicate padding.
+    """
+    _check_images(x=x)
+    kx, ky = _sobel_kernels(x.device, x.dtype)
+    gx = _filter(x, kx / 8.0, 'replicate')
+    gy = _filter(x, ky / 8.0, 'replicate')
+    return torch.stack([gx, gy], dim=2)  # (B, C, 2, H, W)
+
+
+def sobel_magnitude(x: torch.Tensor) -> torch.Tensor:
+    """``|Sx * x| + |Sy * x|`` with unnormalised Sobel kernels and zero padding (``Sobelxy``).
+
+    :param x: ``(B, C, H, W)`` float.
+    :return: ``(B, C, H, W)`` non-negative.
+    """
+    _check_images(x=x)
+    kx, ky = _sobel_kernels(x.device, x.dtype)
+    return _filter(x, kx, 'constant').abs() + _filter(x, ky, 'constant').abs()
+
+
+def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Mean correlation coefficient of two feature maps (CDDFuse's ``cc``).
+
+    For every sample and channel, the Pearson correlation over the ``H * W`` positions (with
+    ``eps`` in the denominator), clamped to ``[-1, 1]``; then the mean over samples and channels.
+
+    :param a: ``(B, C, H, W)`` float.
+    :param b: same shape as ``a``.
+    :return: scalar in ``[-1, 1]``.
+    """
+    _check_images(a=a, b=b)
+    a = a.flatten(2)  # (B, C, H*W)
+    b = b.flatten(2)
+    a = a - a.mean(dim=-1, keepdim=True)
+    b = b - b.mean(dim=-1, keepdim=True)
+    num = (a * b).sum(dim=-1)
+    den = _EPS + a.pow(2).sum(dim=-1).sqrt() * b.pow(2).sum(dim=-1).sqrt()
+    return torch.clamp(num / den, -1.0, 1.0).mean()
+
+
+def decomposition_loss(base_v: torch.Tensor, detail_v: torch.Tensor, base_i: torch.Tensor,
+                       detail_i: torch.Tensor, offset: float = 1.01) -> torch.Tensor:
+    """Compute the correlation-driven decomposition loss ``cc_D**2 / (offset + cc_B)``.
+
+    As CDDFuse defines it.
+
+    Small when the detail features of the two modalities are uncorrelated and their base
+    features correlated.
+
+    :param base_v: visible base features ``(B, C, H, W)``.
+    :param detail_v: visible detail features.
+    :param base_i: infrared base features.
+    :param detail_i: infrared detail features.
+    :param offset: keeps the denominator positive (> 1).
+    :return: scalar >= 0.
+    """
+    return correlation(detail_v, detail_i) ** 2 / (offset + correlation(base_v, base_i))
+
+
+def gradient_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L1 between the normalised Sobel gradients of two images (phase I).
+
+    :param x: ``(B, C, H, W)`` float.
+    :param y: same shape as ``x``.
+    :return: scalar >= 0.
+    """
+    return F.l1_loss(spatial_gradient(x), spatial_gradient(y))
+
+
+def reconstruction_loss(x: torch.Tensor, x_hat: torch.Tensor,
+                        weights: LossWeights = LossWeights()) -> torch.Tensor:
+    """``ssim * SSIMLoss(x, x_hat) + mse * MSE(x, x_hat)``.
+
+    :param x: ``(B, 1, H, W)`` in ``[0, 1]``.
+    :param x_hat: its reconstruction, same shape.
+    :param weights: the loss weights.
+    :return: scalar >= 0.
+    """
+    return (weights.ssim * ssim_loss(x, x_hat, weights.ssim_window, weights.ssim_sigma)
+            + weights.mse * F.mse_loss(x_hat, x))
+
+
+def fusion_targets(vi: torch.Tensor, ir: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Build the targets of the phase-II loss: ``max(Y, I)`` and ``max(|grad Y|, |grad I|)``.
+
+    :param vi: visible luma ``(B, 1, H, W)`` in ``[0, 1]`` (only its first channel is used).
+    :param ir: infrared ``(B, 1, H, W)`` in ``[0, 1]``.
+    :return: ``(intensity_target, gradient_target)``, each ``(B, 1, H, W)``.
+    """
+    _check_images(ir=ir)
+    y = vi[:, :1]
+    _check_images(vi=y, ir=ir)
+    return torch.maximum(y, ir), torch.maximum(sobel_magnitude(y), sobel_magnitude(ir))
+
+
+def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
+                weights: LossWeights = LossWeights()) -> Dict[str, torch.Tensor]:
+    """Compute the image part of the phase-II loss (the references' ``Fusionloss``).
+
+    :param vi: visible luma ``(B, 1, H, W)`` in ``[0, 1]``.
+    :param ir: infrared ``(B, 1, H, W)`` in ``[0, 1]``.
+    :param fused: the fused image ``(B, 1, H, W)``.
+    :param weights: the loss weights.
+    :return: ``{'intensity', 'gradient', 'ssim', 'fusion'}`` scalars; ``'fusion'`` is the
+        weighted sum.
+    """
+    _check_images(ir=ir, fused=fused)
+    target, target_grad = fusion_targets(vi, ir)
+    terms = {
+        'intensity': F.l1_loss(fused, target),
+        'gradient': F.l1_loss(sobel_magnitude(fused), target_grad),
+        'ssim': ssim_loss(target, fused, weights.ssim_window, weights.ssim_sigma),
+    }
+    terms['fusion'] = (weights.intensity * terms['intensity']
+                       + weights.fusion_gradient * terms['gradient']
+                       + weights.fusion_ssim * terms['ssim'])
+    return terms
+
+
+class ReconstructionLoss(nn.Module):
+    """Phase-I loss (reconstruction of both modalities + decomposition + visible gradients)."""
+
+    def __init__(self, weights: LossWeights = LossWeights()) -> None:
+        """Hold the weights.
+
+        :param weights: the loss weights.
+        """
+        super().__init__()
+        self.weights = weights
+
+    def forward(self, vi: torch.Tensor, ir: torch.Tensor, vi_hat: torch.Tensor,
+                ir_hat: torch.Tensor, base_v: torch.Tensor, detail_v: torch.Tensor,
+                base_i: torch.Tensor, detail_i: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Compute the phase-I loss and its terms.
+
+        :param vi: visible ``(B, 1, H, W)`` in ``[0, 1]``.
+        :param ir: infrared, same shape.
+        :param vi_hat: reconstruction of ``vi``.
+        :param ir_hat: reconstruction of ``ir``.
+        :param base_v: visible base features ``(B, C, H, W)``.
+        :param detail_v: visible detail features.
+        :param base_i: infrared base features.
+        :param detail_i: infrared detail features.
+        :return: ``{'loss', 'recon_vi', 'recon_ir', 'decomp', 'gradient', 'cc_base',
+            'cc_detail'}``.
+        """
+        w = self.weights
+        _check_images(vi=vi, ir=ir, vi_hat=vi_hat, ir_hat=ir_hat)
+        terms = {
+            'recon_vi': reconstruction_loss(vi, vi_hat, w),
+            'recon_ir': reconstruction_loss(ir, ir_hat, w),
+            'cc_base': correlation(base_v, base_i),
+            'cc_detail': correlation(detail_v, detail_i),
+            'gradient': gradient_loss(vi, vi_hat),
+        }
+        terms['decomp'] = terms['cc_detail'] ** 2 / (w.decomp_offset + terms['cc_base'])
+        terms['loss'] = (w.recon_vi * terms['recon_vi'] + w.recon_ir * terms['recon_ir']
+                         + w.decomp * terms['decomp'] + w.gradient * terms['gradient'])
+        return terms
+
+
+class FusionLoss(nn.Module):
+    """Phase-II loss (max-intensity, max-gradient and SSIM targets + decomposition)."""
+
+    def __init__(self, weights: LossWeights = LossWeights()) -> None:
+        """Hold the weights.
+
+        :param weights: the loss weights.
+        """
+        super().__init__()
+        self.weights = weights
+
+    def forward(self, vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
+                base_v: torch.Tensor, detail_v: torch.Tensor, base_i: torch.Tensor,
+                detail_i: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Compute the phase-II loss and its terms.
+
+        :param vi: visible luma ``(B, 1, H, W)`` in ``[0, 1]``.
+        :param ir: infrared, same shape.
+        :param fused: the fused image.
+        :param base_v: visible base features ``(B, C, H, W)`` (before fusion).
+        :param detail_v: visible detail features.
+        :param base_i: infrared base features.
+        :param detail_i: infrared detail features.
+        :return: ``{'loss', 'fusion', 'intensity', 'gradient', 'ssim', 'decomp', 'cc_base',
+            'cc_detail'}``.
+        """
+        w = self.weights
+        terms = fusion_loss(vi, ir, fused, w)
+        terms['cc_base'] = correlation(base_v, base_i)
+        terms['cc_detail'] = correlation(detail_v, detail_i)
+        terms['decomp'] = terms['cc_detail'] ** 2 / (w.decomp_offset + terms['cc_base'])
+        terms['loss'] = terms['fusion'] + w.fusion_decomp * terms['decomp']
+        return terms

@@ -1,0 +1,129 @@
+"""Tests of the training losses on hand-made tensors."""
+import numpy as np
+import pytest
+import torch
+
+from sfdfuse_core.train.losses import (FusionLoss, LossWeights, ReconstructionLoss, correlation,
+                                       decomposition_loss, fusion_loss, fusion_targets,
+                                       gradient_loss, sobel_magnitude, spatial_gradient,
+                                       ssim_loss, ssim_map)
+
+
+def _rand(*shape, seed=0):
+    return torch.rand(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def test_ssim_loss_of_identical_images_is_zero():
+    x = _rand(2, 1, 32, 32)
+    assert float(ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-6)
+    y = _rand(2, 1, 32, 32, seed=1)
+    loss = float(ssim_loss(x, y))
+    assert 0.3 < loss <= 1.0  # unrelated noise: SSIM near 0 -> loss near 0.5
+    assert loss == pytest.approx(float(ssim_loss(y, x)), abs=1e-6)
+
+
+def test_ssim_map_matches_scikit_image_inside_the_border():
+    """Reference: ``skimage.metrics.structural_similarity`` (scikit-image 0.26) with
+    ``gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1`` -- the
+    Gaussian SSIM of Wang et al. 2004 with an 11x11 window (truncate 3.5). The padding differs
+    (scipy's 'reflect' repeats the edge pixel, torch's does not), so only pixels at least 5 from
+    the border are compared."""
+    skimage_metrics = pytest.importorskip('skimage.metrics')
+    rng = np.random.default_rng(7)
+    a = rng.random((40, 48))
+    b = np.clip(a + 0.2 * rng.standard_normal(a.shape), 0, 1)
+    _, ref = skimage_metrics.structural_similarity(
+        a, b, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+        full=True)
+    ours = ssim_map(torch.from_numpy(a)[None, None], torch.from_numpy(b)[None, None])[0, 0]
+    np.testing.assert_allclose(ours.numpy()[5:-5, 5:-5], ref[5:-5, 5:-5], atol=1e-6)
+
+
+def test_spatial_gradient_of_a_ramp():
+    ramp = torch.arange(16, dtype=torch.float32).repeat(1, 1, 12, 1)  # f(x, y) = x
+    grad = spatial_gradient(ramp)
+    assert grad.shape == (1, 1, 2, 12, 16)
+    assert torch.allclose(grad[0, 0, 0, :, 1:-1], torch.ones(12, 14))  # normalised: slope 1
+    assert torch.allclose(grad[0, 0, 1], torch.zeros(12, 16))
+    assert torch.allclose(grad[0, 0, 0, :, 0], torch.full((12,), 0.5))  # replicate padding
+    assert torch.allclose(sobel_magnitude(ramp)[0, 0, 1:-1, 1:-1], torch.full((10, 14), 8.0))
+    # L1 between the ramp's gradients and a flat image's: mean of |gx| over (2, H, W)
+    expected = (12 * 14 * 1.0 + 12 * 2 * 0.5) / (2 * 12 * 16)
+    assert float(gradient_loss(ramp, torch.zeros_like(ramp))) == pytest.approx(expected)
+    assert float(gradient_loss(ramp, ramp + 3.0)) == 0.0
+
+
+def test_correlation_and_decomposition_loss_values():
+    a = torch.tensor([1.0, -1.0, 1.0, -1.0]).reshape(1, 1, 2, 2)
+    b = torch.tensor([1.0, 1.0, -1.0, -1.0]).reshape(1, 1, 2, 2)  # orthogonal to a
+    assert float(correlation(a, a)) == pytest.approx(1.0)
+    assert float(correlation(a, -a)) == pytest.approx(-1.0)
+    assert float(correlation(a, 2 * a + 3)) == pytest.approx(1.0)
+    assert float(correlation(a, b)) == pytest.approx(0.0, abs=1e-7)
+    # channels averaged: one correlated channel, one anti-correlated -> 0
+    two = torch.cat([a, a], dim=1)
+    assert float(correlation(two, torch.cat([a, -a], dim=1))) == pytest.approx(0.0, abs=1e-7)
+    # cc_D = 1, cc_B = -1: 1 / (1.01 - 1) = 100
+    assert float(decomposition_loss(a, a, -a, a)) == pytest.approx(100.0, rel=1e-5)
+    # cc_D = 1, cc_B = 1: 1 / 2.01
+    assert float(decomposition_loss(a, a, a, a)) == pytest.approx(1 / 2.01, rel=1e-6)
+    # uncorrelated details: 0 whatever the bases
+    assert float(decomposition_loss(a, a, -a, b)) == pytest.approx(0.0, abs=1e-10)
+    assert float(decomposition_loss(a, a, a, a, offset=3.0)) == pytest.approx(0.25)
+
+
+def test_fusion_targets_are_elementwise_maxima():
+    vi = torch.tensor([[0.1, 0.9], [0.5, 0.2]]).reshape(1, 1, 2, 2)
+    ir = torch.tensor([[0.4, 0.3], [0.5, 0.8]]).reshape(1, 1, 2, 2)
+    target, grad = fusion_targets(vi, ir)
+    assert torch.equal(target, torch.tensor([[0.4, 0.9], [0.5, 0.8]]).reshape(1, 1, 2, 2))
+    assert torch.equal(grad, torch.maximum(sobel_magnitude(vi), sobel_magnitude(ir)))
+    big_vi, big_ir = _rand(2, 1, 16, 16), _rand(2, 1, 16, 16, seed=3)
+    max_img = torch.maximum(big_vi, big_ir)
+    terms = fusion_loss(big_vi, big_ir, max_img)
+    assert float(terms['intensity']) == 0.0 and float(terms['ssim']) == pytest.approx(0, abs=1e-6)
+    w = LossWeights()
+    assert float(terms['fusion']) == pytest.approx(w.fusion_gradient * float(terms['gradient']))
+    # intensity by hand: fused 0 everywhere -> mean of max(vi, ir)
+    zero = torch.zeros_like(big_vi)
+    assert float(fusion_loss(big_vi, big_ir, zero)['intensity']) == pytest.approx(
+        float(max_img.mean()))
+
+
+def test_phase_losses_combine_terms_with_named_weights():
+    vi, ir = _rand(2, 1, 16, 16), _rand(2, 1, 16, 16, seed=1)
+    feats = [_rand(2, 4, 16, 16, seed=s) for s in range(4)]
+    rec = ReconstructionLoss(LossWeights())(vi, ir, vi, ir, *feats)  # perfect reconstruction
+    assert float(rec['recon_vi']) == pytest.approx(0, abs=1e-6)
+    assert float(rec['gradient']) == 0.0
+    expected = 2.0 * float(rec['cc_detail']) ** 2 / (1.01 + float(rec['cc_base']))
+    assert float(rec['loss']) == pytest.approx(expected, rel=1e-5, abs=1e-9)
+    heavy = ReconstructionLoss(LossWeights(ssim=0.0, mse=2.0, decomp=0.0))
+    noisy = (vi + 0.1).clamp(0, 1)
+    out = heavy(vi, ir, noisy, ir, *feats)
+    mse = float(((noisy - vi) ** 2).mean())
+    grad = float(gradient_loss(vi, noisy))
+    assert float(out['loss']) == pytest.approx(2.0 * mse + 5.0 * grad, rel=1e-5)
+    fused = FusionLoss(LossWeights(fusion_decomp=0.0))(vi, ir, vi, *feats)
+    assert float(fused['loss']) == pytest.approx(float(fused['fusion']))
+
+
+def test_losses_follow_input_dtype_and_validate():
+    x = _rand(1, 1, 16, 16).double()
+    assert ssim_loss(x, x).dtype == torch.float64
+    assert sobel_magnitude(x).dtype == torch.float64
+    with pytest.raises(ValueError, match=r'expected \(B, C, H, W\), got \(16, 16\)'):
+        ssim_loss(x[0, 0], x[0, 0])
+    with pytest.raises(ValueError, match='shapes differ'):
+        correlation(x, x[:, :, :8])
+    with pytest.raises(ValueError, match='larger than 5 pixels'):
+        ssim_loss(x[:, :, :4, :4], x[:, :, :4, :4])
+    with pytest.raises(ValueError, match='decomp_offset'):
+        LossWeights(decomp_offset=1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_losses_run_on_the_input_device():
+    x = _rand(1, 1, 16, 16).cuda()
+    assert ssim_loss(x, x).device.type == 'cuda'
+    assert fusion_loss(x, x, x)['fusion'].device.type == 'cuda'
