@@ -9,7 +9,8 @@ to gray with OpenCV's BGR->GRAY weights.
 Methods (:data:`METHODS`):
 
 ``sfdfuse``
-    the SFDFuse network (eval mode, DEConv folded, under ``torch.inference_mode()``).
+    the SFDFuse network (eval mode, DEConv folded, under ``torch.inference_mode()``), run by
+    :class:`sfdfuse_core.inference.FusionEngine` (bf16, compiled and CUDA graphs on a GPU).
 ``mean``
     ``(Y + I) / 2`` on the luminance, the classic baseline of fusion tables.
 ``max``
@@ -28,7 +29,7 @@ almost black if divided by 65535; map them to 8 bit first (:mod:`sfdfuse_core.th
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple, Union
+from typing import Iterable, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -157,20 +158,13 @@ def resolve_device(device: Union[str, torch.device]) -> torch.device:
     return dev
 
 
-def _prepare_model(model: nn.Module, device: torch.device) -> nn.Module:
-    """Move to ``device``, switch to eval mode and fold the DEConv branches (idempotent)."""
-    model = model.to(device).eval()
-    fold = getattr(model, 'fold_deconv', None)
-    if callable(fold):
-        fold()
-    return model
-
-
 class Fuser:
     """Fuses image pairs with one method, holding the model (loaded once) between calls.
 
     ``Fuser(...)(vi, ir)`` returns the fused uint8 image: gray ``(H, W)`` when the visible image
     is gray or gray-looking, BGR ``(H, W, 3)`` otherwise. See the module docstring for inputs.
+    ``'sfdfuse'`` runs on :class:`sfdfuse_core.inference.FusionEngine` (:attr:`engine`): colour
+    conversion, network and 8-bit rounding on the device, compiled on a GPU.
 
     :param method: one of :data:`METHODS`.
     :param weights: weights file or checkpoint for ``'sfdfuse'``; ``None`` loads the shipped
@@ -178,7 +172,12 @@ class Fuser:
     :param device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a ``torch.device``.
     :param model: an already built network to use instead of loading ``weights``. The Fuser
         takes it over: it is moved to ``device``, put in eval mode and folded in place
-        (``fold_deconv()``); pass a copy if you keep training it.
+        (``fold_deconv()``), and converted to channels-last; pass a copy if you keep training it.
+    :param precision: ``'sfdfuse'`` only: ``'auto'`` (bf16 on a GPU, fp32 on the CPU), ``'fp32'``,
+        ``'bf16'`` or ``'fp16'`` (see :class:`sfdfuse_core.inference.FusionEngine`).
+    :param compile: ``'sfdfuse'`` only: ``'auto'`` (compiled + CUDA graphs on a GPU, eager on the
+        CPU), ``'none'``, ``'inductor'``, ``'cudagraphs'`` or ``'inductor+cudagraphs'``.
+    :param warmup_shapes: ``'sfdfuse'`` only: ``(height, width)`` sizes to compile for at once.
     :raises ValueError: unknown method or device, or both ``weights`` and ``model`` given.
     :raises TypeError: ``model`` is not an ``nn.Module``.
     :raises sfdfuse_core.weights.WeightsError: the weights cannot be loaded (a missing file says
@@ -188,13 +187,16 @@ class Fuser:
     def __init__(self, method: str = 'sfdfuse',
                  weights: Optional[Union[str, os.PathLike]] = None,
                  device: Union[str, torch.device] = 'auto',
-                 model: Optional[nn.Module] = None) -> None:
+                 model: Optional[nn.Module] = None, precision: str = 'auto',
+                 compile: str = 'auto',
+                 warmup_shapes: Iterable[Tuple[int, int]] = ()) -> None:
         """Resolve the device, then load the weights or take over ``model`` (see the class)."""
         if method not in METHODS:
             raise ValueError(f'unknown fusion method {method!r}; expected one of {METHODS}')
         self.method = method
         self.device = resolve_device(device)
         self.model: Optional[nn.Module] = None
+        self.engine = None
         if method != 'sfdfuse':
             return
         if model is not None:
@@ -212,7 +214,10 @@ class Fuser:
                     f"{exc}. Pass a weights file (weights=PATH, or --weights PATH on the command "
                     "line) or use a baseline that needs none (method 'mean' or 'max', "
                     '--method mean)') from exc
-        self.model = _prepare_model(model, self.device)
+        from sfdfuse_core.inference import FusionEngine
+        self.engine = FusionEngine(model=model, device=self.device, precision=precision,
+                                   compile=compile, warmup_shapes=warmup_shapes)
+        self.model = self.engine.model
 
     def __repr__(self) -> str:
         """Describe the method and device."""
@@ -243,16 +248,10 @@ class Fuser:
         return self._run_model(y_f, ir_f)
 
     def _run_model(self, y: np.ndarray, ir: np.ndarray) -> np.ndarray:
-        param = next(self.model.parameters(), None)
-        dtype = param.dtype if param is not None else torch.float32
-        vi_t = torch.from_numpy(np.ascontiguousarray(y))[None, None].to(self.device, dtype)
-        ir_t = torch.from_numpy(np.ascontiguousarray(ir))[None, None].to(self.device, dtype)
-        with torch.inference_mode():
-            out = self.model(vi_t, ir_t)  # (1, 1, H, W)
-        if not isinstance(out, torch.Tensor) or tuple(out.shape) != tuple(vi_t.shape):
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise RuntimeError(f'the model returned {got}, expected {tuple(vi_t.shape)}')
-        fused = out[0, 0].float().cpu().numpy()
+        device = self.engine.device
+        vi_t = torch.from_numpy(np.ascontiguousarray(y))[None, None].to(device)
+        ir_t = torch.from_numpy(np.ascontiguousarray(ir))[None, None].to(device)
+        fused = self.engine.fuse_luma_tensor(vi_t, ir_t)[0, 0].cpu().numpy()  # (H, W)
         if not np.isfinite(fused).all():
             raise RuntimeError('the model produced non-finite values (NaN or inf); the weights '
                                'may be damaged')
@@ -268,6 +267,8 @@ class Fuser:
         :raises FusionInputError: see :func:`validate_pair`.
         """
         validate_pair(vi, ir)
+        if self.engine is not None:
+            return self.engine._fuse_checked(vi, ir)
         y, chroma = split_luma(vi)
         fused = self.fuse_luma(y, _gray(ir))
         if chroma is None:
