@@ -228,7 +228,7 @@ def test_auto_falls_back_to_cpu_without_cuda(tiny_model: torch.nn.Module,
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: False)
     engine = make_engine(tiny_model, device='auto')
     assert engine.device.type == 'cpu'
-    assert (engine.precision, engine.compile, engine.backend) == ('fp32', 'none', 'torch')
+    assert (engine.precision, engine.compile, engine.backend) == ('fp32', 'none', 'onnxruntime')
     assert engine.threads == engine_module.available_cores()
     assert torch.get_num_threads() == engine.threads
     out = engine(np.zeros((6, 6), np.uint8), np.zeros((6, 6), np.uint8))

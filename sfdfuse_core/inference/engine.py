@@ -14,7 +14,8 @@ put the visible chroma back, 8-bit output, no min-max stretch) but fast:
 - given ``warmup_shapes``, compilation and graph capture happen in the constructor, so the first
   frame is not slow.
 
-On the CPU it runs float32 with all available cores, or ONNX Runtime (``backend='onnxruntime'``).
+On the CPU it runs float32 with all available cores through ONNX Runtime when it is installed
+(about 2x faster than eager torch here, see ``docs/PERFORMANCE.md``), else through torch.
 If a compile mode fails on this machine the engine warns and falls back to the next simpler one
 (``inductor+cudagraphs`` -> ``inductor`` -> ``cudagraphs`` -> ``none``), so it always runs.
 """
@@ -38,7 +39,7 @@ PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 #: Accepted ``compile`` values.
 COMPILE_MODES = ('auto', 'none', 'inductor', 'cudagraphs', 'inductor+cudagraphs')
 #: Accepted ``backend`` values.
-BACKENDS = ('torch', 'onnxruntime')
+BACKENDS = ('auto', 'torch', 'onnxruntime')
 
 _AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 # What to try next when a compile mode fails on this machine.
@@ -89,6 +90,12 @@ class _GraphRunner:
         return self.static_out
 
 
+def _onnxruntime_available() -> bool:
+    """Tell whether ONNX Runtime and the ONNX exporter's needs can be imported."""
+    import importlib.util
+    return all(importlib.util.find_spec(name) is not None for name in ('onnxruntime', 'onnx'))
+
+
 class _OrtRunner:
     """The network as an ONNX Runtime session (CPU), fed with padded ``(1, 1, H, W)`` tensors."""
 
@@ -99,13 +106,27 @@ class _OrtRunner:
         :param threads: intra-op threads.
         """
         from sfdfuse_core.inference.onnx_export import export_onnx_bytes, open_session
-        self.session = open_session(export_onnx_bytes(model), threads=threads)
+        # The in-memory export is an implementation detail here: its tracer and deprecation
+        # notes (checked in test_export.py) would only confuse a node's log.
+        with warnings.catch_warnings():
+            warnings.simplefilter('ignore', category=torch.jit.TracerWarning)
+            warnings.simplefilter('ignore', category=DeprecationWarning)
+            warnings.simplefilter('ignore', category=UserWarning)
+            onnx_bytes = export_onnx_bytes(model)
+        self.session = open_session(onnx_bytes, threads=threads)
 
     def __call__(self, vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        """Run the session on CPU float32 tensors."""
-        feeds = {'vi': np.ascontiguousarray(vi.float().numpy()),
-                 'ir': np.ascontiguousarray(ir.float().numpy())}
-        return torch.from_numpy(self.session.run(['fused'], feeds)[0])
+        """Run the session on CPU float32 tensors, one batch item at a time.
+
+        The exported graph has a fixed batch of 1 (the trace folds the network's internal
+        ``2B`` batch into constants); height and width are dynamic.
+        """
+        outs = []
+        for i in range(vi.shape[0]):  # (1, 1, H, W) each
+            feeds = {'vi': np.ascontiguousarray(vi[i:i + 1].float().numpy()),
+                     'ir': np.ascontiguousarray(ir[i:i + 1].float().numpy())}
+            outs.append(torch.from_numpy(self.session.run(['fused'], feeds)[0]))
+        return torch.cat(outs)
 
 
 class FusionEngine:
@@ -130,8 +151,9 @@ class FusionEngine:
         graphs) or ``'inductor+cudagraphs'``. Graph modes need CUDA.
     :param channels_last: run convolutions in NHWC layout (usually faster with cuDNN/oneDNN).
     :param warmup_shapes: ``(height, width)`` sizes to compile/capture for in the constructor.
-    :param backend: ``'torch'`` or ``'onnxruntime'`` (CPU, fp32 only; the network is exported
-        to ONNX in memory at start).
+    :param backend: ``'auto'`` (``'onnxruntime'`` for fp32 on the CPU when the package is
+        installed, else ``'torch'``), ``'torch'`` or ``'onnxruntime'`` (CPU, fp32 only; the
+        network is exported to ONNX in memory at start).
     :param threads: CPU threads for torch / ONNX Runtime; ``None``: all available cores. Setting
         torch's thread count is process-wide (``torch.set_num_threads``).
     :param cache_size: padded shapes kept compiled/captured at once (least recently used are
@@ -146,7 +168,7 @@ class FusionEngine:
                  model: Optional[nn.Module] = None,
                  device: Union[str, torch.device] = 'auto', precision: str = 'auto',
                  compile: str = 'auto', channels_last: bool = True,
-                 warmup_shapes: Iterable[Tuple[int, int]] = (), backend: str = 'torch',
+                 warmup_shapes: Iterable[Tuple[int, int]] = (), backend: str = 'auto',
                  threads: Optional[int] = None, cache_size: int = 4) -> None:
         """Resolve the options, prepare the model and warm up (see the class docstring)."""
         from sfdfuse_core.fusion import resolve_device
@@ -165,6 +187,9 @@ class FusionEngine:
         cuda = self.device.type == 'cuda'
         if precision == 'auto':
             precision = 'bf16' if cuda and torch.cuda.is_bf16_supported() else 'fp32'
+        if backend == 'auto':
+            backend = ('onnxruntime' if not cuda and precision == 'fp32'
+                       and compile in ('auto', 'none') and _onnxruntime_available() else 'torch')
         if compile == 'auto':
             compile = 'inductor+cudagraphs' if cuda and backend == 'torch' else 'none'
         if 'cudagraphs' in compile and not cuda:
