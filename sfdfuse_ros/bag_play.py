@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
                        qos_profile_sensor_data)
@@ -256,8 +257,25 @@ class BagPlayer(Node):
                 break
             if should_stop is not None and should_stop():
                 break
+        self._drain()
         report.seconds = time.monotonic() - started
         return report
+
+    def _drain(self, timeout: float = 2.0) -> None:
+        """Wait until reliable subscribers acknowledged what was published (bounded).
+
+        Without this a player that exits right after its last message can take the unsent tail
+        of a reliable stream with it.
+        """
+        deadline = time.monotonic() + timeout
+        for pub in self._pubs.values():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                break
+            try:
+                pub.wait_for_all_acked(Duration(nanoseconds=int(left * 1e9)))
+            except Exception:  # best effort: a best-effort publisher or an old rclpy
+                pass
 
     def _publish(self, conn, raw: bytes) -> bool:
         """Check that ``raw`` deserialises into the rclpy class, then publish the bytes.
