@@ -184,6 +184,26 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
+def _read_messages(reader, connections: list, in_path: Path):
+    """Yield ``reader.messages(...)``; a damaged file becomes a :class:`BagError`.
+
+    rosbags raises its own errors, and the SQLite driver raises ``apsw.CorruptError`` for a
+    damaged ``.db3`` page, in the middle of the iteration.
+    """
+    messages = iter(reader.messages(connections=connections))
+    count = 0
+    while True:
+        try:
+            item = next(messages)
+        except StopIteration:
+            return
+        except Exception as exc:  # any reader or storage error: a damaged bag
+            raise BagError(f'cannot read bag {in_path} past message {count}: '
+                           f'{type(exc).__name__}: {exc}') from exc
+        count += 1
+        yield item
+
+
 @dataclass
 class _Input:
     """A decoded input message waiting in the pairer."""
@@ -317,7 +337,7 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
                 from tqdm import tqdm
                 bar = tqdm(total=total, unit='msg', desc='fusing', dynamic_ncols=True)
             wanted = conns[THERMAL] + conns[RGB]
-            for conn, bag_time, raw in reader.messages(connections=wanted):
+            for conn, bag_time, raw in _read_messages(reader, wanted, in_path):
                 stream = stream_of[conn.id]
                 role = _ROLE[stream]
                 report.read[conn.topic] += 1

@@ -229,7 +229,7 @@ def _scd(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _gaussian_1d(n: int) -> np.ndarray:
-    """The reference's n x n Gaussian window (sigma n/5), as a normalized 1-D factor."""
+    """Return the reference's n x n Gaussian window (sigma n/5) as a normalized 1-D factor."""
     half = (n - 1) / 2.0
     sd = n / 5.0
     x = np.arange(-half, half + 1.0)
@@ -451,7 +451,7 @@ def qabf(f: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 def ssim(f: np.ndarray, a: np.ndarray, b: np.ndarray,
          data_range: float = PUBLISHED_SSIM_DATA_RANGE) -> float:
-    """SSIM: ssim(F, A) + ssim(F, B), 7x7 uniform window, sample covariance.
+    """Sum the SSIM of F with A and with B (7x7 uniform window, sample covariance).
 
     The default ``data_range=2`` reproduces published tables (scikit-image 0.19 used float's
     nominal range -1..1 for float images); ``data_range=255`` is the correct value for 0..255

@@ -22,11 +22,11 @@ def data_root() -> Path:
 
 @pytest.fixture(scope='session')
 def tno_dir(data_root: Path) -> Path:
-    """The 25-pair TNO evaluation set (``ir/`` and ``vi/``)."""
+    """Return the 25-pair TNO evaluation set (``ir/`` and ``vi/``)."""
     return data_root / 'ivf' / 'test' / 'TNO'
 
 
 @pytest.fixture
 def rng() -> np.random.Generator:
-    """A seeded random generator, so failures reproduce."""
+    """Return a seeded random generator, so failures reproduce."""
     return np.random.default_rng(1234)

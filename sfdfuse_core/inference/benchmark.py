@@ -61,7 +61,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def synthetic_pair(height: int, width: int, seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """A smooth random colour visible image and a gray infrared image (uint8).
+    """Make a smooth random colour visible image and a gray infrared image (uint8).
 
     :param height: image height.
     :param width: image width.

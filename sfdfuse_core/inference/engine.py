@@ -247,7 +247,7 @@ class FusionEngine:
     # ------------------------------------------------------------------------------------------
 
     def _forward(self, vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
-        """The network on aligned ``(B, 1, H', W')`` tensors, under the engine's precision."""
+        """Run the network on aligned ``(B, 1, H', W')`` tensors in the engine's precision."""
         enabled = self._amp_dtype is not None
         dtype = self._amp_dtype if enabled else torch.float32
         with torch.autocast(self.device.type, dtype=dtype, enabled=enabled, cache_enabled=False):
@@ -270,7 +270,7 @@ class FusionEngine:
         return runner
 
     def _runner(self, vi: torch.Tensor, ir: torch.Tensor) -> Runner:
-        """The cached runner for this padded shape, built (with fallbacks) on first use."""
+        """Return the cached runner for this padded shape, built (with fallbacks) on first use."""
         key = tuple(vi.shape[0:1]) + tuple(vi.shape[-2:])
         runner = self._runners.get(key)
         if runner is not None:
@@ -369,7 +369,7 @@ class FusionEngine:
 
     def _fuse_device(self, vi: torch.Tensor, ir: torch.Tensor
                      ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-        """The protocol on device tensors: returns (uint8 image, finite flag, gray flag)."""
+        """Run the protocol on device tensors: return (uint8 image, finite flag, gray flag)."""
         gray_flag = None
         chroma = None
         if vi.ndim == 2:

@@ -53,7 +53,7 @@ class AlignedFusionNet(nn.Module):
 
 
 def _prepared(model: nn.Module) -> AlignedFusionNet:
-    """A folded float32 CPU copy of ``model`` in eval mode, wrapped."""
+    """Return a folded float32 CPU copy of ``model`` in eval mode, wrapped."""
     if not all(hasattr(model, name) for name in ('encoder', 'base_fusion', 'detail_fusion',
                                                  'decoder')):
         raise TypeError(f'expected an SFDFuse network, got {type(model).__name__}')

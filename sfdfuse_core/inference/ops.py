@@ -153,7 +153,7 @@ def unit_to_uint8(x: torch.Tensor) -> torch.Tensor:
 
 
 def padded_size(height: int, width: int, multiple: int, min_size: int) -> Tuple[int, int]:
-    """The size the network runs at: each side rounded up to ``multiple``, at least ``min_size``.
+    """Return the size the network runs at: sides rounded up to ``multiple``, >= ``min_size``.
 
     :param height: image height ``H >= 1``.
     :param width: image width ``W >= 1``.

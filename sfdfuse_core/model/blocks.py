@@ -1,7 +1,6 @@
 """Building blocks of the SFDFuse network, smallest first.
 
 References:
-
 - SFDFuse: spatial-frequency domain fusion of infrared and visible images, public code
   ``zxp771/SFDFuse`` (``net.py``), which this module re-implements.
 - CDDFuse: Zhao et al., "CDDFuse: Correlation-Driven Dual-Branch Feature Decomposition for
