@@ -19,6 +19,7 @@ COMMANDS = {
     'bench': 'bench',
     'export': 'export',
     'demo': 'demo',
+    'results': 'results',
 }
 
 
