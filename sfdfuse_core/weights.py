@@ -34,6 +34,7 @@ from torch import nn
 
 from sfdfuse_core import __version__
 from sfdfuse_core.config import SFDFuseConfig
+from sfdfuse_core.fsutil import fsync_dir
 
 if TYPE_CHECKING:  # pragma: no cover
     from sfdfuse_core.model import SFDFuse
@@ -168,22 +169,8 @@ def save_weights(model: nn.Module, path: PathLike,
         if os.path.exists(tmp_name):
             os.unlink(tmp_name)
         raise
-    _fsync_folder(path.parent)
+    fsync_dir(path.parent)
     return path
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Flush a rename to disk (best effort: not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _check_exists(path: Path) -> None:

@@ -28,6 +28,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 import numpy as np
 
 from sfdfuse_core.imageio import ImageReadError, is_gray_color, list_pairs, read_image
+from sfdfuse_core.fsutil import fsync_dir
 
 __all__ = ['PrepareError', 'PrepareReport', 'Y_WEIGHTS', 'FORMAT_VERSION', 'patch_positions',
            'low_contrast', 'to_luma', 'to_infrared_gray', 'prepare_patches']
@@ -145,19 +146,6 @@ def _check_not_test_set(path: Path) -> None:
         if (parts[i], parts[i + 1]) == TEST_FRAGMENT:
             raise PrepareError(f'refusing to build training data from an evaluation set: {path} '
                                '(TNO and RoadScene under ivf/test are for evaluation only)')
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def prepare_patches(sources: Sequence[Tuple[PathLike, PathLike]], out: PathLike,
@@ -290,7 +278,7 @@ def prepare_patches(sources: Sequence[Tuple[PathLike, PathLike]], out: PathLike,
         with open(tmp, 'rb+') as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, out)
-        _fsync_dir(out.parent)
+        fsync_dir(out.parent)
     finally:
         if tmp.exists():
             tmp.unlink()

@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
+from sfdfuse_core.fsutil import fsync_dir
 
 __all__ = ['CheckpointError', 'FORMAT_VERSION', 'REQUIRED_KEYS', 'save_checkpoint',
            'load_checkpoint', 'load_latest', 'rng_state', 'set_rng_state']
@@ -41,19 +42,6 @@ PathLike = Union[str, Path]
 
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, truncated, corrupt, or not a training checkpoint of this format."""
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(str(folder), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def save_checkpoint(state: Dict[str, Any], path: PathLike, keep_previous: bool = False) -> Path:
@@ -79,7 +67,7 @@ def save_checkpoint(state: Dict[str, Any], path: PathLike, keep_previous: bool =
         if keep_previous and path.exists():
             os.replace(path, previous_path(path))
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     finally:
         if tmp.exists():
             tmp.unlink()
