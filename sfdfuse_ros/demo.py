@@ -446,6 +446,11 @@ def run_demo(out_dir: PathLike = 'out/demo', *, method: Optional[str] = None,
                     'after the bag ended; stopping it')
                 break
             time.sleep(0.05)
+        # The node's counters in the summary should include the last frames: wait (bounded) for
+        # a diagnostics message sent after them.
+        settled = time.monotonic()
+        while collector.diag_time < settled and time.monotonic() < settled + 3.0:
+            time.sleep(0.05)
         report.node_stats = dict(collector.diag)
     finally:
         if executor is not None:
