@@ -200,12 +200,14 @@ def _engines(model: nn.Module, settings: BenchSettings, log: Callable[[str], Non
         specs.append(('engine', dict(precision=settings.precision, compile=settings.compile)))
         specs.append(('engine fp32 eager-folded', dict(precision='fp32', compile='none')))
     else:
-        specs.append(('engine fp32 (torch)', dict(precision='fp32', compile='none')))
+        specs.append(('engine fp32 (torch)', dict(precision='fp32', compile='none',
+                                                  backend='torch')))
         if settings.onnxruntime:
             specs.append(('engine fp32 (onnxruntime)', dict(backend='onnxruntime',
                                                             channels_last=False)))
         if settings.cpu_inductor:
-            specs.append(('engine fp32 (inductor)', dict(precision='fp32', compile='inductor')))
+            specs.append(('engine fp32 (inductor)', dict(precision='fp32', compile='inductor',
+                                                         backend='torch')))
     engines = {}
     for name, kwargs in specs:
         log(f'building {name} and warming up at {shapes} ...')
