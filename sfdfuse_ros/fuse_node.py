@@ -74,6 +74,17 @@ LOG_THROTTLE_S = 5.0
 #: a CPU). Exiting while the worker is inside torch aborts the process ('terminate called
 #: without an active exception', status -6), so shutdown waits for it.
 SHUTDOWN_WAIT_S = 60.0
+#: Per-pair times (ms) the worker records; /diagnostics gives ``<name>_{mean,p50,p99,max}_ms``
+#: of each over its window. ``latency``: the second message of the pair was received (callback)
+#: -> the fused image was published; ``engine``: the fusion call alone (the network on
+#: ``method: sfdfuse``); ``overhead``: latency - engine (what ROS and the node add); ``sync``:
+#: second message received -> the pairer releases the pair (it may wait for a later frame to
+#: be sure of the best partner); ``wait``: pair released -> worker starts on it; ``convert``:
+#: messages -> arrays (thermal 8-bit mapping, alignment) and fused array -> message;
+#: ``publish``: the publish call; ``fusion``: worker start -> camera info published. With the
+#: node's logger at debug level each pair is also logged (``pair timing stamp_ns=...
+#: received_monotonic_s=... latency_ms=...``) for ``benchmarks/node_latency.py``.
+TIMINGS = ('latency', 'engine', 'overhead', 'sync', 'wait', 'convert', 'publish', 'fusion')
 
 
 class StartupError(RuntimeError):
@@ -243,7 +254,9 @@ class PairJob:
 
     thermal: Image
     rgb: Any  # Image or CompressedImage
-    ready: float  # time.monotonic() when the pair was complete
+    ready: float  # time.monotonic() when the pairer released the pair
+    #: time.monotonic() when the later of the two messages was received (None: ``ready``).
+    received: Optional[float] = None
 
 
 class LatestPairMailbox:
@@ -305,8 +318,7 @@ class _Window:
         self.inputs = [0, 0]
         self.outputs = 0
         self.errors = 0
-        self.latencies_ms: list[float] = []
-        self.fusion_ms: list[float] = []
+        self.timings_ms: dict[str, list[float]] = {name: [] for name in TIMINGS}
         self.start = time.monotonic()
 
 
@@ -468,15 +480,18 @@ class FuseNode(Node):
         self._add(RGB, msg)
 
     def _add(self, stream: int, msg: Any) -> None:
+        received = time.monotonic()
         with self._stats_lock:
             self._window.inputs[stream] += 1
-        self._offer(self._pairer.add(stream, header_stamp_ns(msg), msg))
+        self._offer(self._pairer.add(stream, header_stamp_ns(msg), (msg, received)))
 
     def _offer(self, pairs: list[tuple[int, Any, Any]]) -> None:
+        """Hand the newest pair of ``(message, receive time)`` items to the worker."""
         if pairs:
-            _, thermal, rgb = pairs[-1]
+            _, (thermal, t_thermal), (rgb, t_rgb) = pairs[-1]
             # Older pairs completed by the same message are superseded by the newest at once.
-            self._mailbox.put(PairJob(thermal=thermal, rgb=rgb, ready=time.monotonic()),
+            self._mailbox.put(PairJob(thermal=thermal, rgb=rgb, ready=time.monotonic(),
+                                      received=max(t_thermal, t_rgb)),
                               skipped=len(pairs) - 1)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
@@ -555,24 +570,43 @@ class FuseNode(Node):
             vi_in = vi if vi.ndim == 2 else cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY)
         else:
             vi_in = vi
+        engine_start = time.monotonic()
         fused = self._fuser(vi_in, ir)
+        engine_end = time.monotonic()
         if settings.output_encoding == 'bgr8' and fused.ndim == 2:
             fused = cv2.cvtColor(fused, cv2.COLOR_GRAY2BGR)
         out = Image()
         out.header = job.rgb.header
         fill_image_msg(out, fused, settings.output_encoding)
+        publish_start = time.monotonic()
         self._pub_image.publish(out)
+        published = time.monotonic()
         info = self._matching_camera_info(header_stamp_ns(out))
         if info is not None:
             info.header = out.header
             self._pub_info.publish(info)
         end = time.monotonic()
+        received = job.ready if job.received is None else job.received
+        times = {  # milliseconds, see TIMINGS
+            'latency': (published - received) * 1e3,
+            'engine': (engine_end - engine_start) * 1e3,
+            'overhead': ((published - received) - (engine_end - engine_start)) * 1e3,
+            'sync': (job.ready - received) * 1e3,
+            'wait': (start - job.ready) * 1e3,
+            'convert': ((engine_start - start) + (publish_start - engine_end)) * 1e3,
+            'publish': (published - publish_start) * 1e3,
+            'fusion': (end - start) * 1e3,
+        }
         with self._stats_lock:
             self._fused += 1
             self._last_output = end
             self._window.outputs += 1
-            self._window.latencies_ms.append((end - job.ready) * 1e3)
-            self._window.fusion_ms.append((end - start) * 1e3)
+            for name, value in times.items():
+                self._window.timings_ms[name].append(value)
+        # received_monotonic_s: CLOCK_MONOTONIC, which other processes on this machine share.
+        self.get_logger().debug(
+            f'pair timing stamp_ns={header_stamp_ns(out)} received_monotonic_s={received:.6f} '
+            + ' '.join(f'{name}_ms={value:.3f}' for name, value in times.items()))
 
     def _matching_camera_info(self, stamp_ns: int) -> Optional[CameraInfo]:
         with self._stats_lock:
@@ -614,18 +648,13 @@ class FuseNode(Node):
             f'fusing at {window.outputs / span:.1f} Hz',
             hardware_id=self._hardware_id)
 
-        def mean(values: list[float]) -> float:
-            return sum(values) / len(values) if values else 0.0
-
         pairs: list[tuple[str, Any]] = [
             ('thermal_topic', self._topics[THERMAL]),
             ('rgb_topic', self._topics[RGB]),
             ('thermal_rate_hz', f'{window.inputs[THERMAL] / span:.2f}'),
             ('rgb_rate_hz', f'{window.inputs[RGB] / span:.2f}'),
             ('output_rate_hz', f'{window.outputs / span:.2f}'),
-            ('latency_mean_ms', f'{mean(window.latencies_ms):.2f}'),
-            ('latency_max_ms', f'{max(window.latencies_ms, default=0.0):.2f}'),
-            ('fusion_mean_ms', f'{mean(window.fusion_ms):.2f}'),
+            *_timing_stats(window.timings_ms),
             ('pairs_fused', fused),
             ('pairs_dropped_superseded', self._mailbox.superseded),
             ('conversion_errors_thermal', conversion_errors[THERMAL]),
@@ -650,7 +679,9 @@ class FuseNode(Node):
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=1.0)
             if self._worker.is_alive():
-                self.get_logger().info('shutting down: waiting for the frame being fused')
+                # Not the node's logger: after SIGINT its rosout publisher is invalid.
+                rclpy.logging.get_logger(f'{self.get_name()}.shutdown').info(
+                    'waiting for the frame being fused to finish')
                 self._worker.join(timeout=SHUTDOWN_WAIT_S)
         self._fuser = None
         super().destroy_node()
@@ -659,6 +690,25 @@ class FuseNode(Node):
     def worker_alive(self) -> bool:
         """Whether the fusion worker thread is still running (after shutdown: it hangs)."""
         return self._worker is not None and self._worker.is_alive()
+
+
+def _timing_stats(timings_ms: dict[str, list[float]]) -> list[tuple[str, str]]:
+    """Summarise per-pair times as ``('<name>_<mean|p50|p99|max>_ms', '12.34')`` pairs.
+
+    :param timings_ms: timing name -> the window's values in milliseconds.
+    :return: four key/values per name, ``0.00`` for a window without pairs.
+    """
+    out = []
+    for name, values in timings_ms.items():
+        if values:
+            arr = np.asarray(values, dtype=np.float64)
+            p50, p99 = np.percentile(arr, [50.0, 99.0])
+            stats = (arr.mean(), p50, p99, arr.max())
+        else:
+            stats = (0.0, 0.0, 0.0, 0.0)
+        out += [(f'{name}_{kind}_ms', f'{value:.2f}')
+                for kind, value in zip(('mean', 'p50', 'p99', 'max'), stats)]
+    return out
 
 
 def _flatten(tree: Any, prefix: str = '') -> list[tuple[str, Any]]:
