@@ -270,7 +270,17 @@ class Fuser:
         if self.engine is not None:
             return self.engine._fuse_checked(vi, ir)
         y, chroma = split_luma(vi)
-        fused = self.fuse_luma(y, _gray(ir))
+        ir_gray = _gray(ir)
+        if y.dtype == np.uint8 and ir_gray.dtype == np.uint8:
+            # 8-bit baselines in exact arithmetic: round((Y + I) / 2) half to even, as the
+            # published evaluation's baseline rows (float32 in [0, 1] would make .5 a coin toss).
+            if self.method == 'mean':
+                fused_u8 = np.round((y.astype(np.float64) + ir_gray) / 2.0).astype(np.uint8)
+                return fused_u8 if chroma is None else ycbcr_to_bgr(fused_u8, *chroma)
+            if self.method == 'max':
+                fused_u8 = np.maximum(y, ir_gray)
+                return fused_u8 if chroma is None else ycbcr_to_bgr(fused_u8, *chroma)
+        fused = self.fuse_luma(y, ir_gray)
         if chroma is None:
             return _to_uint8(fused)
         cb, cr = chroma

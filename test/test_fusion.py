@@ -167,8 +167,8 @@ def test_color_keeps_visible_chroma(color_vi: np.ndarray, gray_ir: np.ndarray,
     if method == 'max':
         fused = np.maximum(y, gray_ir)
     else:
-        fused = np.rint((y.astype(np.float32) / 255 + gray_ir.astype(np.float32) / 255) * 0.5
-                        * 255).astype(np.uint8)
+        # round((Y + I) / 2), half to even: the published baseline row's definition
+        fused = np.round((y.astype(np.float64) + gray_ir) / 2).astype(np.uint8)
     expected = cv2.cvtColor(np.dstack((fused, ycrcb[:, :, 1], ycrcb[:, :, 2])),
                             cv2.COLOR_YCrCb2BGR)
     np.testing.assert_array_equal(out, expected)
