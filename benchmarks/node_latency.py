@@ -43,17 +43,17 @@ import random
 import re
 import shlex
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-from collections import deque
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:  # imported lazily at run time, with a clear error when missing
+    from sfdfuse_ros.node_process import NodeProcess
 
 REPO = Path(__file__).resolve().parents[1]
 FUSED_TOPIC = '/fused/image'
@@ -134,67 +134,6 @@ def parse_node_log(path: Path) -> Dict[int, Dict[str, float]]:
     return out
 
 
-def _tail(path: Path, n: int = 30) -> str:
-    try:
-        with open(path, 'r', errors='replace') as f:
-            return ''.join(deque(f, maxlen=n))
-    except OSError as exc:
-        return f'(cannot read {path}: {exc})'
-
-
-class NodeProcess:
-    """``fuse_node`` as a child process (this interpreter), output to a log file.
-
-    :param log_path: where its stdout and stderr go.
-    :param params_file: the package's ``config/fuse.yaml``.
-    :param overrides: parameter name -> value (``-p name:=value``).
-    :param env: its environment.
-    """
-
-    def __init__(self, log_path: Path, params_file: Path, overrides: Dict[str, str],
-                 env: Dict[str, str]) -> None:
-        self.log_path = log_path
-        cmd = [sys.executable, '-m', 'sfdfuse_ros.fuse_node', '--ros-args',
-               '--params-file', str(params_file), '--log-level', 'fuse_node:=debug']
-        for key, value in overrides.items():
-            cmd += ['-p', f'{key}:={value}']
-        self.command = cmd
-        self._log = open(log_path, 'wb')
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     stdin=subprocess.DEVNULL)
-
-    def alive(self) -> bool:
-        """Whether the process still runs."""
-        return self.proc.poll() is None
-
-    def error(self, doing: str) -> BenchError:
-        """Build the error for a node that died or hung, with its last log lines.
-
-        :param doing: what the benchmark was doing.
-        :return: the error.
-        """
-        state = ('still running' if self.alive()
-                 else f'exited with status {self.proc.returncode}')
-        return BenchError(f'fuse_node {state} {doing}; its last log lines '
-                          f'({self.log_path}):\n{_tail(self.log_path)}')
-
-    def stop(self, timeout: float = 90.0) -> Optional[int]:
-        """Stop with SIGINT (clean shutdown; waits for the frame being fused), then SIGKILL.
-
-        :param timeout: seconds to wait after SIGINT.
-        :return: the exit status.
-        """
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=10.0)
-        self._log.close()
-        return self.proc.returncode
-
-
 class Collector:
     """Records when each fused image arrives and keeps the node's latest diagnostics.
 
@@ -257,16 +196,16 @@ def _counter(diag: Dict[str, str], prefix: str) -> int:
     return sum(int(v) for k, v in diag.items() if k.startswith(prefix) and v.lstrip('-').isdigit())
 
 
-def _wait(cond, timeout: float, node: NodeProcess, doing: str, poll: float = 0.05) -> Any:
+def _wait(cond, timeout: float, node: 'NodeProcess', doing: str, poll: float = 0.05) -> Any:
     deadline = time.monotonic() + timeout
     while True:
         value = cond()
         if value:
             return value
         if not node.alive():
-            raise node.error(doing)
+            raise BenchError(node.describe(doing))
         if time.monotonic() > deadline:
-            raise node.error(f'after {timeout:.0f} s {doing}')
+            raise BenchError(node.describe(f'after {timeout:.0f} s {doing}'))
         time.sleep(poll)
 
 
@@ -302,6 +241,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         from sfdfuse_core.scene import RGB_INFO_TOPIC, RGB_TOPIC, THERMAL_TOPIC
         from sfdfuse_ros.bag_play import BagPlayer
         from sfdfuse_ros.demo import find_config_file
+        from sfdfuse_ros.node_process import NodeProcess, tail_log
     except ImportError as exc:
         raise BenchError(f'cannot import the package or ROS 2 ({exc}); run with the project '
                          "venv (bash scripts/run_tests.sh creates it, then .venv/bin/python) or "
@@ -353,7 +293,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     log_path = work / 'node.log'
     load_before = os.getloadavg()
-    node = NodeProcess(log_path, find_config_file('fuse.yaml'), overrides, env)
+    node = NodeProcess(log_path, find_config_file('fuse.yaml'), overrides, env,
+                       extra_ros_args=('--log-level', 'fuse_node:=debug'))
     log(f'started fuse_node (method {args.method}, device {args.device}); log: {log_path}')
     context = rclpy.Context()
     executor = None
@@ -402,7 +343,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
                                   should_stop=lambda: not node.alive())
         play_end = time.monotonic()
         if not node.alive():
-            raise node.error('while the bag played')
+            raise BenchError(node.describe('while the bag played'))
         try:
             final = _wait(lambda: collector.node_idle(play_end), args.tail_timeout, node,
                           'waiting for the node to finish its pairs after the bag ended')
@@ -419,11 +360,11 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         if spin_thread is not None:
             spin_thread.join(timeout=5.0)
         rclpy.try_shutdown(context=context)
-        status = node.stop()
+        status = node.stop(timeout=90.0)
     load_after = os.getloadavg()
     if status != 0:
         log(f'warning: fuse_node exited with status {status}; last log lines:\n'
-            f'{_tail(log_path, 8)}')
+            f'{tail_log(log_path, 8)}')
 
     timings = parse_node_log(log_path)
     per_pair: Dict[str, List[float]] = {m: [] for m in METRICS}
@@ -453,7 +394,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         rows.append({'stamp_ns': stamp, **{k: round(v, 3) for k, v in row.items()}})
     if not frames:
         raise BenchError(f'no fused frame of the measured bag arrived ({len(expected)} pairs '
-                         f'played); the node log ({log_path}):\n{_tail(log_path)}')
+                         f'played); the node log ({log_path}):\n{tail_log(log_path)}')
     if not timings:
         raise BenchError(f'the node log has no "pair timing" lines: this fuse_node does not '
                          f'record per-pair times ({log_path})')

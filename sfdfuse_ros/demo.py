@@ -10,12 +10,8 @@ stamps minus pairs fused) and reports the latency from "pair complete" to "fused
 """
 import json
 import os
-import signal
-import subprocess
-import sys
 import threading
 import time
-from collections import deque
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
@@ -27,6 +23,7 @@ import sfdfuse_core
 from sfdfuse_core.bag import pair_stamps
 from sfdfuse_core.scene import (RGB_INFO_TOPIC, RGB_TOPIC, THERMAL_TOPIC, frames_from_folders,
                                 make_scene, write_scene_bag)
+from sfdfuse_ros.node_process import NodeProcess, tail_log
 
 PathLike = Union[str, Path]
 FUSED_TOPIC = '/fused/image'
@@ -136,48 +133,6 @@ def default_method() -> Tuple[str, Optional[str]]:
         return 'sfdfuse', None
     return 'mean', (f'note: the shipped weights {WEIGHTS_FILE} are not there, so the demo fuses '
                     "with the 'mean' baseline (train the network, or pass --method)")
-
-
-def _tail(path: Path, n: int = 25) -> str:
-    try:
-        with open(path, 'r', errors='replace') as f:
-            return ''.join(deque(f, maxlen=n))
-    except OSError as exc:
-        return f'(cannot read {path}: {exc})'
-
-
-class _NodeProcess:
-    """``fuse_node`` as a child process whose output goes to a log file."""
-
-    def __init__(self, log_path: Path, params_file: Path, overrides: Dict[str, str],
-                 env: Dict[str, str]) -> None:
-        self.log_path = log_path
-        cmd = [sys.executable, '-m', 'sfdfuse_ros.fuse_node', '--ros-args',
-               '--params-file', str(params_file)]
-        for key, value in overrides.items():
-            cmd += ['-p', f'{key}:={value}']
-        self._log = open(log_path, 'wb')
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                     stdin=subprocess.DEVNULL)
-
-    def alive(self) -> bool:
-        return self.proc.poll() is None
-
-    def died_error(self, while_doing: str) -> DemoError:
-        return DemoError(f'fuse_node exited with status {self.proc.returncode} {while_doing}; '
-                         f'its last log lines ({self.log_path}):\n{_tail(self.log_path)}')
-
-    def stop(self, timeout: float = 10.0) -> Optional[int]:
-        """Stop with SIGINT (clean shutdown), then SIGKILL; return the exit status."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5.0)
-        self._log.close()
-        return self.proc.returncode
 
 
 class _Collector:
@@ -401,7 +356,7 @@ def run_demo(out_dir: PathLike = 'out/demo', *, method: Optional[str] = None,
     if weights:
         overrides['weights'] = str(weights)
     log_path = out_dir / 'node.log'
-    node_proc = _NodeProcess(log_path, params_file, overrides, dict(os.environ))
+    node_proc = NodeProcess(log_path, params_file, overrides, dict(os.environ))
     report = DemoReport(out_dir=str(out_dir), bag=str(bag_path), method=method, rate=rate)
     context = rclpy.Context()
     executor = None
@@ -433,14 +388,14 @@ def run_demo(out_dir: PathLike = 'out/demo', *, method: Optional[str] = None,
         player.play(rate=rate, start_delay=0.2, on_publish=on_publish,
                     should_stop=lambda: not node_proc.alive())
         if not node_proc.alive():
-            raise node_proc.died_error('while the bag played')
+            raise DemoError(node_proc.describe('while the bag played'))
         # 4. Let the node finish the pairs it holds: its diagnostics (once a second) say when
         # every pair it made is fused or superseded; a hard cap guards against a hung node.
         play_end = time.monotonic()
         deadline = play_end + tail_timeout
         while collector.count < len(expected) and not collector.node_done(play_end):
             if not node_proc.alive():
-                raise node_proc.died_error('after the bag played')
+                raise DemoError(node_proc.describe('after the bag played'))
             if time.monotonic() > deadline:
                 log(f'[demo] warning: the node still had pairs in hand {tail_timeout:.0f} s '
                     'after the bag ended; stopping it')
@@ -461,7 +416,7 @@ def run_demo(out_dir: PathLike = 'out/demo', *, method: Optional[str] = None,
         status = node_proc.stop()
     if status != 0:
         log(f'[demo] warning: fuse_node exited with status {status} when stopped; its last log '
-            f'lines ({log_path}):\n{_tail(log_path, 10)}')
+            f'lines ({log_path}):\n{tail_log(log_path, 10)}')
 
     # 5. Results.
     got = sorted(collector.frames, key=lambda f: f[0])
@@ -472,7 +427,7 @@ def run_demo(out_dir: PathLike = 'out/demo', *, method: Optional[str] = None,
     report.dropped = max(0, len(expected) - len(got))
     if not got:
         raise DemoError(f'no fused frame arrived from fuse_node ({len(expected)} pairs played); '
-                        f'its last log lines ({log_path}):\n{_tail(log_path)}')
+                        f'its last log lines ({log_path}):\n{tail_log(log_path)}')
     latencies = []
     for stamp, _, wall in got:
         th = thermal_of_rgb.get(stamp)
@@ -502,20 +457,20 @@ def _subscribed(listener) -> bool:
     return all(listener.count_subscribers(t) > 0 for t in (THERMAL_TOPIC, RGB_TOPIC))
 
 
-def _wait(cond: Callable[[], bool], timeout: float, node_proc: _NodeProcess,
+def _wait(cond: Callable[[], bool], timeout: float, node_proc: NodeProcess,
           doing: str) -> None:
     deadline = time.monotonic() + timeout
     while not cond():
         if not node_proc.alive():
-            raise node_proc.died_error(doing)
+            raise DemoError(node_proc.describe(doing))
         if time.monotonic() > deadline:
             raise DemoError(f'fuse_node did not come up within {timeout:.0f} s ({doing}); its '
                             f'last log lines ({node_proc.log_path}):\n'
-                            f'{_tail(node_proc.log_path)}')
+                            f'{tail_log(node_proc.log_path)}')
         time.sleep(0.05)
 
 
-def _wait_for_node(listener, player, node_proc: _NodeProcess, timeout: float):
+def _wait_for_node(listener, player, node_proc: NodeProcess, timeout: float):
     """Wait until the node subscribes the inputs and publishes the output; return its QoS."""
     from rclpy.qos import ReliabilityPolicy
 
