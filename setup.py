@@ -15,8 +15,7 @@ setup(
     version='0.1.0',
     packages=find_packages(include=['sfdfuse_core', 'sfdfuse_core.*',
                                     'sfdfuse_ros', 'sfdfuse_ros.*']),
-    package_data={'sfdfuse_core': ['weights/*.safetensors', 'weights/*.json'],
-                  'sfdfuse_ros': ['config/*']},
+    package_data={'sfdfuse_core': ['weights/*.safetensors', 'weights/*.json']},
     include_package_data=True,
     data_files=[
         ('share/ament_index/resource_index/packages', ['resource/' + package_name]),

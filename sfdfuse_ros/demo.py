@@ -10,6 +10,7 @@ stamps minus pairs fused) and reports the latency from "pair complete" to "fused
 """
 import json
 import os
+import sys
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -106,7 +107,7 @@ def find_config_file(name: str) -> Path:
     """Find one of the package's config files (``fuse.yaml``, ``fastdds_profile.xml``).
 
     Looks in the installed share folder (colcon), the source tree's ``config/`` (editable or
-    source use) and the package data.
+    source use) and the share folder of a pip install (``sys.prefix/share/sfdfuse_ros``).
 
     :param name: file name.
     :return: the path.
@@ -119,7 +120,8 @@ def find_config_file(name: str) -> Path:
     except Exception:  # not installed with colcon: ament's lookup raises its own errors
         pass
     here = Path(__file__).resolve().parent
-    candidates += [here.parent / 'config' / name, here / 'config' / name]
+    candidates += [here.parent / 'config' / name,  # source tree, editable install
+                   Path(sys.prefix) / 'share' / 'sfdfuse_ros' / 'config' / name]  # pip install
     for path in candidates:
         if path.is_file():
             return path
