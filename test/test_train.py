@@ -204,3 +204,18 @@ def test_cli_train_and_resume(patches, tmp_path, capsys):
     assert 'finished: 2 steps' in capsys.readouterr().out
     assert cli_main(args + ['--set', 'nonsense=1']) == 2
     assert 'unknown config keys' in capsys.readouterr().err
+
+
+def test_several_patch_files_train_as_one_set(patches, tmp_path):
+    """``data: a.h5,b.h5`` concatenates the files (a remote run can carry its data in pieces)."""
+    from sfdfuse_core.train.trainer import data_paths
+
+    assert data_paths(f' {patches} , {patches},') == [str(patches), str(patches)]
+    out = tmp_path / 'two'
+    config = load_config(RECIPE, TINY + ['val_patches=15'], data=f'{patches},{patches}',
+                         out=str(out))
+    result = main(config)  # 20 patches: 15 held out leaves 5, so a single file would refuse
+    assert result.finished
+    bad = tmp_path / 'ivf' / 'test' / 'TNO.h5'
+    with pytest.raises(ConfigError, match='evaluation'):
+        main(load_config(RECIPE, TINY, data=f'{patches},{bad}', out=str(tmp_path / 'r')))

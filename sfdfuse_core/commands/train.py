@@ -18,7 +18,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--config', metavar='YAML',
                         help='training config (e.g. training/sfdfuse.yaml); with --resume the '
                              "run folder's config.yaml is used when omitted")
-    parser.add_argument('--data', metavar='FILE.h5', help='patch file from `sfdfuse prepare`')
+    parser.add_argument('--data', metavar='FILE.h5[,FILE.h5...]',
+                        help='patch file(s) from `sfdfuse prepare`, comma-separated')
     parser.add_argument('--out', metavar='DIR', help='run folder (default: out in the config)')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         help='override a config key, e.g. phase1_epochs=1 or model.dim=16 '

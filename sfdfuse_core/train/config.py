@@ -33,7 +33,7 @@ class TrainConfig:
     (reconstruction), the next ``phase2_epochs`` phase II (fusion).
     """
 
-    #: HDF5 patch file written by ``sfdfuse prepare`` (required to train).
+    #: HDF5 patch file(s) written by ``sfdfuse prepare``, comma-separated (required to train).
     data: str = ''
     #: Run folder: config.yaml, checkpoints, TensorBoard events, loss plot, final weights.
     out: str = 'runs/sfdfuse'

@@ -29,7 +29,7 @@ from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Sampler, Subset
+from torch.utils.data import ConcatDataset, DataLoader, Sampler, Subset
 
 from sfdfuse_core.model import SFDFuse, build_model
 from sfdfuse_core.train.checkpoint import (FORMAT_VERSION, CheckpointError, load_latest,
@@ -573,6 +573,17 @@ def _pick_device(config: TrainConfig, dist: _Dist) -> torch.device:
     return torch.device('cpu')
 
 
+def data_paths(data: str) -> List[str]:
+    """Split the ``data`` setting into patch files (comma-separated, e.g. one per source).
+
+    Several files let a remote run carry its data in pieces (e.g. MSRS and LLVIP separately).
+
+    :param data: ``'a.h5'`` or ``'a.h5,b.h5'``.
+    :return: the paths, in order.
+    """
+    return [part.strip() for part in data.split(',') if part.strip()]
+
+
 def _check_data_path(path: str) -> None:
     parts = [p.lower() for p in Path(path).resolve().parts]
     if any(a == 'ivf' and b == 'test' for a, b in zip(parts, parts[1:])):
@@ -586,8 +597,11 @@ def _loaders(config: TrainConfig, dist: _Dist, device: torch.device):
     if not config.data:
         raise ConfigError('no training data: give --data FILE.h5 (from sfdfuse prepare) or set '
                           'data in the config')
-    _check_data_path(config.data)
-    dataset = H5PatchDataset(config.data)
+    paths = data_paths(config.data)
+    for path in paths:
+        _check_data_path(path)
+    parts = [H5PatchDataset(path) for path in paths]
+    dataset = parts[0] if len(parts) == 1 else ConcatDataset(parts)
     n = len(dataset)
     if config.val_patches >= n:
         raise ConfigError(f'val_patches ({config.val_patches}) must be smaller than the data set '
