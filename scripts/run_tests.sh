@@ -9,4 +9,4 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 export FASTDDS_DEFAULT_PROFILES_FILE="$root/config/fastdds_profile.xml"
 export ROS_DOMAIN_ID="${ROS_DOMAIN_ID:-$(( ($$ % 100) + 1 ))}"
 cd "$root"
-exec "$venv/bin/python" -m pytest test "$@"
+exec "$venv/bin/python" -m pytest "$@"   # no paths given: pytest.ini testpaths (test/)

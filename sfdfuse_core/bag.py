@@ -4,9 +4,11 @@
 ``.mcap`` / ``.db3`` file), pairs them by header stamp with the same
 :class:`~sfdfuse_core.sync.ApproximateTimePairer` the node uses, fuses every pair and writes a
 new bag with the fused topic (header = the RGB header) and, on request, the input topics copied
-byte for byte. Every message read is accounted for: it ends up in a fused pair, is dropped by
-the pairer (no partner within the slop, superseded, ...), or is bad (undecodable, unsupported
-encoding, fusion failed), and the report counts each by reason.
+byte for byte. Every message the bag declares is accounted for: it ends up in a fused pair, is
+dropped by the pairer (no partner within the slop, superseded, ...), or is bad (undecodable,
+unsupported encoding, fusion failed, or unreadable: the bag's index counts it but the reader
+never yielded it, as happens with a damaged ``.mcap`` chunk), and the report counts each by
+reason.
 
 The output is written to a hidden sibling folder and renamed into place only when everything
 succeeded, so an interrupted run never leaves a bag that looks complete; an existing output is
@@ -56,7 +58,10 @@ class BagOutputExistsError(BagError, FileExistsError):
 class BagFuseReport:
     """What :func:`fuse_bag` did, with every input message accounted for.
 
-    ``sum(read.values()) == 2 * fused + sum(dropped.values()) + sum(bad.values())`` holds.
+    ``sum(read.values()) + sum(unreadable.values()) == 2 * fused + sum(dropped.values())
+    + sum(bad.values())`` holds, and per topic ``read + unreadable == declared`` (unless the
+    reader yielded more than the index declares: then ``unreadable`` is 0). Unreadable
+    messages are also counted in ``bad`` (``'<role>: unreadable'``).
 
     :param in_path: the bag read.
     :param out_path: the bag written.
@@ -64,6 +69,10 @@ class BagFuseReport:
     :param rgb_topic: RGB input topic.
     :param fused_topic: output topic.
     :param read: messages read per input topic.
+    :param declared: messages per input topic that the bag's index (``metadata.yaml``, or the
+        storage file's summary) declares.
+    :param unreadable: messages per input topic that the index declares but the reader did not
+        yield (a damaged chunk the reader skips): ``declared - read``.
     :param pairs: pairs the pairer formed.
     :param fused: pairs fused and written.
     :param dropped: messages the pairer did not use, by reason (``'thermal: unpaired'`` ...).
@@ -81,6 +90,8 @@ class BagFuseReport:
     rgb_topic: str
     fused_topic: str
     read: Dict[str, int] = field(default_factory=dict)
+    declared: Dict[str, int] = field(default_factory=dict)
+    unreadable: Dict[str, int] = field(default_factory=dict)
     pairs: int = 0
     fused: int = 0
     dropped: Dict[str, int] = field(default_factory=dict)
@@ -92,24 +103,40 @@ class BagFuseReport:
 
     @property
     def balanced(self) -> bool:
-        """Whether every message read is accounted for (fused, dropped or bad)."""
-        return sum(self.read.values()) == (2 * self.fused + sum(self.dropped.values())
-                                           + sum(self.bad.values()))
+        """Whether every message read or unreadable is accounted for (fused, dropped or bad)."""
+        return sum(self.read.values()) + sum(self.unreadable.values()) == (
+            2 * self.fused + sum(self.dropped.values()) + sum(self.bad.values()))
+
+    @property
+    def complete(self) -> bool:
+        """Whether every message the bag's index declares could be read."""
+        return not any(self.unreadable.values())
 
     def summary(self) -> str:
         """Return a human-readable multi-line summary."""
-        total = sum(self.read.values())
-        lines = [f'read {total} messages from {self.in_path}:']
-        for topic, n in self.read.items():
-            lines.append(f'  {topic}: {n}')
+        read = sum(self.read.values())
+        lost = sum(self.unreadable.values())
+        total = read + lost
+        if lost:
+            lines = [f'read {read} of {sum(self.declared.values())} messages the index of '
+                     f'{self.in_path} declares; {lost} UNREADABLE (damaged bag):']
+            for topic, n in self.read.items():
+                lines.append(f'  {topic}: {n} read of {self.declared.get(topic, n)}, '
+                             f'{self.unreadable.get(topic, 0)} unreadable')
+        else:
+            lines = [f'read {read} messages from {self.in_path}:']
+            for topic, n in self.read.items():
+                lines.append(f'  {topic}: {n}')
         lines.append(f'pairs found: {self.pairs}; fused: {self.fused} -> {self.fused_topic} '
                      f'in {self.out_path}')
         if self.copied:
             lines.append('copied: ' + ', '.join(f'{t} {n}' for t, n in self.copied.items()))
         used = 2 * self.fused
         lines.append(f'accounted: {used} in fused pairs + {sum(self.dropped.values())} dropped '
-                     f'+ {sum(self.bad.values())} bad = '
-                     f'{used + sum(self.dropped.values()) + sum(self.bad.values())} of {total}')
+                     f'+ {sum(self.bad.values())} bad'
+                     + (f' ({lost} of them unreadable)' if lost else '') + ' = '
+                     f'{used + sum(self.dropped.values()) + sum(self.bad.values())} of {total}'
+                     + (' declared' if lost else ''))
         for reason, n in sorted(self.dropped.items()):
             lines.append(f'  dropped, {reason}: {n}')
         for reason, n in sorted(self.bad.items()):
@@ -284,7 +311,9 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
                  RGB: _check_topic(reader, rgb_topic, 'rgb')}
         stream_of = {c.id: s for s, cs in conns.items() for c in cs}
         report.read = {thermal_topic: 0, rgb_topic: 0}
-        total = sum(c.msgcount for cs in conns.values() for c in cs)
+        report.declared = {topic: sum(c.msgcount for c in conns[stream]) for stream, topic in
+                           ((THERMAL, thermal_topic), (RGB, rgb_topic))}
+        total = sum(report.declared.values())
 
         out_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = _temp_sibling(out_path)
@@ -382,6 +411,16 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
                         - pairer.stats.dropped_total(stream))
                 if rest:  # cannot happen with the pairer's guarantee; never hide it anyway
                     report.dropped[f'{role}: unaccounted'] = rest
+                # A damaged .mcap chunk is skipped by the reader without an error: compare with
+                # the index so that the lost messages are counted, not silently missing.
+                lost = max(0, report.declared[topic] - report.read[topic])
+                report.unreadable[topic] = lost
+                if lost:
+                    report.bad[f'{role}: unreadable'] = lost
+                    if len(report.bad_examples) < max_examples:
+                        report.bad_examples.append(
+                            f'{role}: {lost} of the {report.declared[topic]} messages the bag '
+                            f'index declares on {topic} could not be read (damaged bag)')
         except BaseException:
             if bar is not None:
                 bar.close()

@@ -66,17 +66,28 @@ one-to-one pairing existed (measured with the former nearest-first version of th
   or ``'queue_overflow'`` (one might have).
 * Duplicate stamps on one stream: the newer message replaces the queued one (``'superseded'``),
   as the dict of the Python version does, but counted.
+* Emitted pairs are strictly increasing in stamp per stream: the pairer remembers the newest
+  stamp it emitted on each stream, and a message that arrives with a stamp at or below it is
+  dropped as ``'late'`` (a frame re-sent after its first copy was paired, which would otherwise
+  be fused twice, or one delivered too late to pair in order). A queued message that a newer
+  message of its stream overtakes in an emitted pair (say an RGB frame between two thermal
+  frames) is dropped at once as ``'no_match'``: it could only pair out of order.
 * Time jumping backwards: a stamp more than ``reset_threshold`` older than the newest seen on its
   stream (a looping bag, a restarted simulation) first flushes the old timeline (pairs that can
   still be made are returned, the rest counted as ``'reset'``), clears the state and counts a
   reset; pairing continues on the new timeline. Until the other stream also jumps, its messages
   from the old timeline (stamps more than ``reset_threshold`` ahead of the new one) are dropped
-  as ``'reset'`` instead of causing a second reset.
+  as ``'reset'`` instead of causing a second reset. A stamp older than the newest emitted one
+  but not by more than ``reset_threshold`` is ``'late'``, not a reset, unless its stream goes
+  on in order below the emitted stamp (:data:`LATE_RUN_RESET` late messages in a row, each
+  newer than the one before: a bag shorter than ``reset_threshold`` that loops); then the
+  last of them resets the pairer as above and starts the new timeline.
 
 Every message given to :meth:`ApproximateTimePairer.add` ends up exactly once either in an
 emitted pair or in :attr:`SyncStats.dropped` (after :meth:`~ApproximateTimePairer.flush`).
-Pairs returned by one call are in stamp order; across calls they are in stamp order as long as
-the input is in order. The class is not thread-safe: the node calls it from one callback group.
+Pairs returned by one call are in stamp order; across calls too, within one timeline (between
+resets): each stream's stamps in the emitted pairs strictly increase. The class is not
+thread-safe: the node calls it from one callback group.
 """
 from __future__ import annotations
 
@@ -86,6 +97,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+#: Late messages in a row, in increasing stamp order, on one stream that mean its time jumped
+#: back by less than ``reset_threshold`` (a short looping bag) rather than re-sent frames.
+LATE_RUN_RESET = 3
 #: Stream index of the thermal camera.
 THERMAL = 0
 #: Stream index of the RGB camera.
@@ -93,7 +107,7 @@ RGB = 1
 #: Names of the streams, by index (used in :meth:`SyncStats.as_dict`).
 STREAM_NAMES = ('thermal', 'rgb')
 #: Why a message can be dropped.
-DROP_REASONS = ('no_match', 'queue_overflow', 'superseded', 'reset')
+DROP_REASONS = ('no_match', 'queue_overflow', 'superseded', 'reset', 'late')
 
 #: A pair as returned by the pairer: ``(pair_stamp_ns, thermal_item, rgb_item)``.
 Pair = tuple[int, Any, Any]
@@ -297,6 +311,22 @@ class ApproximateTimePairer:
                 self.stats.dropped[stream]['reset'] += 1  # straggler of the old timeline
                 return out
             self._awaiting_jump[stream] = False
+        emitted = self._emitted[stream]
+        if emitted is not None and stamp <= emitted:
+            count, last = self._late_run[stream]
+            count = count + 1 if count and stamp > last else 1
+            self._late_run[stream] = (count, stamp)
+            if count < LATE_RUN_RESET:
+                # re-sent, or too late: pairing it would emit this stream's stamps out of order
+                self.stats.dropped[stream]['late'] += 1
+                return out
+            out = self._match(force_all=True)  # a short backwards jump: a new timeline
+            self._drop_all('reset')
+            self.stats.resets += 1
+            self._clear_timeline()
+            self._awaiting_jump[other] = True
+        else:
+            self._late_run[stream] = (0, 0)
         self._insert(stream, stamp, item)
         out.extend(self._match(force_all=False))
         self._evict_overflow()
@@ -329,6 +359,10 @@ class ApproximateTimePairer:
         self._intervals: tuple[deque, deque] = (deque(maxlen=_INTERVAL_HISTORY),
                                                 deque(maxlen=_INTERVAL_HISTORY))
         self._awaiting_jump = [False, False]
+        #: Newest stamp emitted in a pair, per stream (later messages must be newer).
+        self._emitted: list[Optional[int]] = [None, None]
+        #: Per stream: late messages in a row (in increasing order) and the last one's stamp.
+        self._late_run = [(0, 0), (0, 0)]
 
     def _drop_all(self, reason: str) -> None:
         for stream, queue in enumerate(self._queues):
@@ -448,8 +482,14 @@ class ApproximateTimePairer:
             out.append((rs[j], thermal[i].item, rgb[j].item))
             used.add(thermal[i].seq)
             used.add(rgb[j].seq)
-        queue_t[:] = [e for e in queue_t if e.seq not in used]
-        queue_r[:] = [e for e in queue_r if e.seq not in used]
+        # The plan has no crossing pairs, so its last emitted pair holds the newest stamps.
+        i_last, j_last = plan[n_final - 1]
+        self._emitted = [ts[i_last], rs[j_last]]
+        for stream, queue in enumerate(self._queues):
+            # Queued messages at or below the emitted stamp could only pair out of order.
+            kept = [e for e in queue if e.seq not in used and e.stamp > self._emitted[stream]]
+            self.stats.dropped[stream]['no_match'] += len(queue) - len(kept) - len(out)
+            queue[:] = kept
         self.stats.paired += len(out)
         return out
 

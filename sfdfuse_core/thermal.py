@@ -21,6 +21,10 @@ DEFAULT_MIN_RANGE = {np.dtype(np.uint8): 8.0, np.dtype(np.uint16): 64.0,
                      np.dtype(np.float32): 0.5}
 #: Auto mode computes percentiles on at most about this many pixels (a strided subsample).
 MAX_PERCENTILE_SAMPLES = 1 << 16
+#: The auto window is also at least this fraction of the magnitude of its centre (about 16
+#: float32 steps), so that widening a flat frame of huge values (``7e15``) survives the float
+#: rounding of ``centre +- half``; for ordinary data ``min_range`` is far larger.
+MIN_RELATIVE_RANGE = 1e-6
 
 _MODES = ('auto', 'fixed')
 
@@ -62,12 +66,15 @@ class ThermalNormalizer:
     ``auto``: the window is the ``percentiles`` of each frame (on a subsample of at most
     :data:`MAX_PERCENTILE_SAMPLES` pixels), exponentially smoothed over frames
     (``window = smoothing * previous + (1 - smoothing) * current``), and widened about its
-    centre to at least ``min_range``. ``uint8`` frames pass through unchanged in auto mode
-    (they are already display-ready) unless ``stretch_uint8`` is set.
+    centre to at least ``min_range`` (and :data:`MIN_RELATIVE_RANGE` times the magnitude of the
+    centre, so that the window never collapses in float rounding). ``uint8`` frames pass
+    through unchanged in auto mode (they are already display-ready) unless ``stretch_uint8``
+    is set.
 
     :param mode: ``'auto'`` or ``'fixed'``.
     :param low: lower end of the fixed window (fixed mode; raw units of the input).
-    :param high: upper end of the fixed window (fixed mode), ``> low``.
+    :param high: upper end of the fixed window (fixed mode), ``> low`` with a finite
+        ``high - low``.
     :param percentiles: ``(p_lo, p_hi)`` with ``0 <= p_lo < p_hi <= 100`` (auto mode).
     :param smoothing: weight of the past window, ``0 <= smoothing < 1`` (0: per frame).
     :param min_range: smallest auto window; ``None`` for :data:`DEFAULT_MIN_RANGE`.
@@ -90,6 +97,9 @@ class ThermalNormalizer:
             self.high = _finite_float('high', high)
             if not self.low < self.high:
                 raise ValueError(f'low must be < high, got low={low!r}, high={high!r}')
+            if not np.isfinite(self.high - self.low):
+                raise ValueError(f'high - low must be finite (the range overflows a float), '
+                                 f'got low={low!r}, high={high!r}')
         try:
             p_lo, p_hi = (float(p) for p in percentiles)
         except (TypeError, ValueError):
@@ -147,14 +157,15 @@ class ThermalNormalizer:
             hi = s * self._window[1] + (1.0 - s) * hi
         self._window = (lo, hi)
         min_range = self.min_range if self.min_range is not None else DEFAULT_MIN_RANGE[img.dtype]
-        if hi - lo < max(min_range, 1e-6):
-            centre, half = 0.5 * (lo + hi), 0.5 * max(min_range, 1e-6)
-            lo, hi = centre - half, centre + half
+        centre = 0.5 * lo + 0.5 * hi  # no overflow for windows near the float32 limits
+        min_range = max(min_range, 1e-6, MIN_RELATIVE_RANGE * abs(centre))
+        if hi - lo < min_range:
+            lo, hi = centre - 0.5 * min_range, centre + 0.5 * min_range
         return _apply_window(img, lo, hi)
 
     def _percentiles(self, img: np.ndarray) -> tuple[float, float]:
         stride = max(1, int(np.ceil(np.sqrt(img.size / MAX_PERCENTILE_SAMPLES))))
-        sample = img[::stride, ::stride]
+        sample = img[::stride, ::stride].astype(np.float64)  # float32 would overflow at 3e38
         lo, hi = np.percentile(sample, self.percentiles)
         if not (np.isfinite(lo) and np.isfinite(hi)):
             raise ValueError('thermal frame has NaN or infinite pixels')
@@ -177,15 +188,22 @@ def _window_lut(low: float, high: float, n: int) -> np.ndarray:
 
 def _apply_window(img: np.ndarray, low: float, high: float,
                   lut: Optional[np.ndarray] = None) -> np.ndarray:
-    """Map ``[low, high]`` to ``[0, 255]`` (clipped, rounded half up) as ``uint8``."""
+    """Map ``[low, high]`` to ``[0, 255]`` (clipped, rounded half up) as ``uint8``.
+
+    :raises ValueError: when the window is empty or its width is not a finite float (a frame
+        whose values defeat the float arithmetic of the window).
+    """
+    if not (high > low and np.isfinite(high - low)):
+        raise ValueError(f'thermal window [{low!r}, {high!r}] is empty or not finite')
     if img.dtype == np.uint8:
         return cv2.LUT(img, lut if lut is not None else _window_lut(low, high, 256))
     if img.dtype == np.uint16:
         lut = lut if lut is not None else _window_lut(low, high, 65536)
         return lut[img]  # one gather: faster than float arithmetic on the frame
     scale = np.float32(255.0 / (high - low))
-    out = np.subtract(img, np.float32(low), dtype=np.float32)
-    out *= scale
+    with np.errstate(over='ignore'):  # +-inf (values far outside the window) clip to 255 / 0
+        out = np.subtract(img, np.float32(low), dtype=np.float32)
+        out *= scale
     np.clip(out, 0.0, 255.0, out=out)
     out += np.float32(0.5)
     return out.astype(np.uint8)  # truncation of x + 0.5: rounds half up

@@ -18,7 +18,8 @@ that the network can be rebuilt from the file alone:
 :func:`load_model` also reads a training checkpoint (``.pt`` / ``.pth``: a ``torch.save`` dict with
 the keys ``'model'`` (state dict) and ``'config'`` (config dict)), with ``weights_only=True``.
 Every problem (missing, truncated or corrupt file, foreign file, keys or shapes that do not match
-the config) raises :class:`WeightsError` naming the file.
+the config) raises :class:`WeightsError` naming the file. A checkpoint's zip CRCs are verified
+before it is loaded (``torch.load`` does not); safetensors files carry no checksum.
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from torch import nn
 
 from sfdfuse_core import __version__
 from sfdfuse_core.config import SFDFuseConfig
-from sfdfuse_core.fsutil import fsync_dir
+from sfdfuse_core.fsutil import fsync_dir, zip_problem
 
 if TYPE_CHECKING:  # pragma: no cover
     from sfdfuse_core.model import SFDFuse
@@ -283,7 +284,13 @@ def _numel(shape: Any) -> int:
 
 
 def _read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any]]:
-    """Read a training checkpoint (``torch.save`` dict with ``'model'`` and ``'config'``)."""
+    """Read a training checkpoint (``torch.save`` dict with ``'model'`` and ``'config'``).
+
+    The archive's CRCs are checked first: ``torch.load`` would load altered tensor data silently.
+    """
+    problem = zip_problem(path)
+    if problem is not None:
+        raise WeightsError(f'{path}: corrupt PyTorch checkpoint: {problem}')
     try:
         ckpt = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # torch raises RuntimeError, UnpicklingError, EOFError, ...

@@ -91,6 +91,33 @@ class StartupError(RuntimeError):
     """The node cannot start (bad weights, bad parameter values); the message says why."""
 
 
+def _out_of_memory_errors() -> tuple[type, ...]:
+    """Return ``(torch.cuda.OutOfMemoryError,)``, or ``()`` where torch does not have it."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a dependency of the fusion core
+        return ()
+    oom = getattr(getattr(torch, 'cuda', None), 'OutOfMemoryError', None)
+    return (oom,) if isinstance(oom, type) and issubclass(oom, BaseException) else ()
+
+
+def _release_cuda_cache() -> None:
+    """Hand the CUDA caching allocator's free blocks back after an out-of-memory error."""
+    torch = sys.modules.get('torch')
+    try:
+        if torch is not None and torch.cuda.is_initialized():
+            torch.cuda.empty_cache()
+    except RuntimeError:  # a broken CUDA context: nothing more to free
+        pass
+
+
+def _frame_size(msg: Any) -> str:
+    """Describe a message's frame size for a log line (``640x512``, or bytes if compressed)."""
+    if getattr(msg, 'width', None) is not None and getattr(msg, 'height', None) is not None:
+        return f'{msg.width}x{msg.height}'
+    return f'{len(getattr(msg, "data", b""))} bytes'
+
+
 @dataclass(frozen=True)
 class ParamSpec:
     """One node parameter: default, description, whether it may change at run time, bounds."""
@@ -213,6 +240,9 @@ class FuseSettings:
         low, high = float(values['thermal_low']), float(values['thermal_high'])
         if not (math.isfinite(low) and math.isfinite(high) and low < high):
             raise ValueError(f'thermal_low must be below thermal_high; got {low} .. {high}')
+        if not math.isfinite(high - low):
+            raise ValueError('thermal_high - thermal_low must be a finite number (the range '
+                             f'overflows a float); got {low} .. {high}')
         pct = [float(v) for v in values['thermal_percentiles']]
         if len(pct) != 2 or not (0.0 <= pct[0] < pct[1] <= 100.0):
             raise ValueError('thermal_percentiles must be [low, high] with '
@@ -360,6 +390,9 @@ class FuseNode(Node):
         self._window = _Window()
         self._conversion_errors = [0, 0]
         self._fusion_errors = 0
+        #: Fusion errors that were torch.cuda.OutOfMemoryError (also in _fusion_errors).
+        self._out_of_memory = 0
+        self._oom_errors = _out_of_memory_errors()
         self._fused = 0
         self._qos_events = 0
         self._last_output: Optional[float] = None
@@ -508,6 +541,8 @@ class FuseNode(Node):
                 self._fuse_and_publish(job)
             except ImageConversionError:
                 pass  # counted and logged in _convert
+            except self._oom_errors as exc:  # a RuntimeError: before the catch-all below
+                self._on_out_of_memory(job, exc)
             except ValueError as exc:
                 with self._stats_lock:
                     self._fusion_errors += 1
@@ -522,6 +557,20 @@ class FuseNode(Node):
                     self._window.errors += 1
                 self.get_logger().error(f'unexpected error while fusing: {exc!r}',
                                         throttle_duration_sec=LOG_THROTTLE_S)
+
+    def _on_out_of_memory(self, job: PairJob, exc: BaseException) -> None:
+        """Drop the pair, count it (fusion error, reason out_of_memory), free the CUDA cache."""
+        with self._stats_lock:
+            self._fusion_errors += 1
+            self._out_of_memory += 1
+            self._window.errors += 1
+            count = self._out_of_memory
+        _release_cuda_cache()
+        first = (str(exc).strip().splitlines() or [''])[0][:200]
+        self.get_logger().warning(
+            f'out of memory while fusing a {_frame_size(job.rgb)} RGB + '
+            f'{_frame_size(job.thermal)} thermal pair on {self._device}: pair dropped '
+            f'({count} so far): {first}', throttle_duration_sec=LOG_THROTTLE_S)
 
     def _convert(self, stream: int, msg: Any) -> np.ndarray:
         """Message -> array: thermal as uint8 (H, W) after the 8-bit mapping, RGB as uint8."""
@@ -626,6 +675,7 @@ class FuseNode(Node):
         with self._stats_lock:
             window, self._window = self._window, _Window()
             fused, fusion_errors = self._fused, self._fusion_errors
+            out_of_memory = self._out_of_memory
             conversion_errors = list(self._conversion_errors)
             qos_events, last_output = self._qos_events, self._last_output
         span = max(now - window.start, 1e-6)
@@ -660,6 +710,7 @@ class FuseNode(Node):
             ('conversion_errors_thermal', conversion_errors[THERMAL]),
             ('conversion_errors_rgb', conversion_errors[RGB]),
             ('fusion_errors', fusion_errors),
+            ('fusion_errors_out_of_memory', out_of_memory),
             ('incompatible_qos_events', qos_events),
             ('seconds_since_last_output', f'{idle:.2f}'),
             ('method', self._method),

@@ -116,6 +116,8 @@ def test_fuse_bag_pairs_counts_and_output(tmp_path, mean_fuser, storage, rgb_enc
     report = fuse_bag(bag, out, thermal_topic='/thermal/image', rgb_topic='/rgb/image',
                       fuser=mean_fuser, storage=storage)
     assert report.read == {'/thermal/image': written['thermal'], '/rgb/image': written['rgb']}
+    assert report.declared == report.read  # an intact bag: everything its index declares
+    assert report.unreadable == {'/thermal/image': 0, '/rgb/image': 0} and report.complete
     assert report.pairs == N_THERMAL
     assert report.fused == N_THERMAL
     assert report.bad == {'thermal: bad image': 1, 'rgb: cannot deserialise': 1}
@@ -151,6 +153,7 @@ def test_fuse_bag_include_inputs_copies_raw_bytes_and_reads_single_file(tmp_path
     report = fuse_bag(single_file, out, thermal_topic='/thermal/image', rgb_topic='/rgb/image',
                       fuser=mean_fuser, include_inputs=True, output_encoding='mono8')
     assert report.copied == {'/thermal/image': N_THERMAL + 1, '/rgb/image': N_RGB + 1}
+    assert report.declared == report.read == report.copied and report.complete  # no metadata
     for topic in ('/thermal/image', '/rgb/image'):
         assert read_topic(out, topic) == read_topic(bag, topic)
     fused = [TS.deserialize_cdr(raw, IMAGE) for _, _, raw in read_topic(out, '/fused/image')]

@@ -92,6 +92,8 @@ def test_settings_accept_the_defaults_and_reject_bad_values() -> None:
     assert settings.output_encoding == 'bgr8' and np.allclose(settings.homography, np.eye(3))
     for changes, word in (({'slop': -0.1}, 'slop'), ({'slop': float('nan')}, 'slop'),
                           ({'thermal_low': 5.0, 'thermal_high': 5.0}, 'thermal_low'),
+                          ({'thermal_low': -1e308, 'thermal_high': 1e308},
+                           'thermal_high - thermal_low must be a finite number'),
                           ({'thermal_percentiles': [99.0, 1.0]}, 'thermal_percentiles'),
                           ({'thermal_percentiles': [1.0]}, 'thermal_percentiles'),
                           ({'thermal_smoothing': 1.0}, 'thermal_smoothing'),

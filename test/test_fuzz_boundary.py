@@ -132,9 +132,11 @@ def node():
 
 #: Bugs found by this fuzzing and reported, not yet fixed (in files this test does not own):
 #: ``(exception type, file of the raising frame)``. The worker's catch-all counts them as fusion
-#: errors and goes on, so they cost a frame, not the node. ``test_known_bug_*`` below pins each
-#: one (strict xfail): when it is fixed, that test fails and the entry here must go.
-KNOWN_BUGS = {('ZeroDivisionError', 'thermal.py')}
+#: errors and goes on, so they cost a frame, not the node. A ``test_known_bug_*`` test pins each
+#: one (strict xfail): when it is fixed, that test fails and the entry here must go. None open
+#: now (the ZeroDivisionError of thermal.py on huge flat float frames is fixed; its regression
+#: tests are at the end of this file).
+KNOWN_BUGS: set[tuple[str, str]] = set()
 
 
 def _raised_in(exc: BaseException) -> str:
@@ -255,10 +257,19 @@ def test_parameter_updates_with_bad_values_never_break_fusion(node: FuseNode, up
                 'valid pair after fuzzed parameter updates') == 'fused'
 
 
-@pytest.mark.xfail(strict=True, raises=ZeroDivisionError,
-                   reason='thermal.py: the min-range widening vanishes in float64 rounding for '
-                   'huge float32 values, then _apply_window divides by high - low == 0')
-def test_known_bug_huge_constant_float_thermal_divides_by_zero() -> None:
+def test_huge_constant_float_thermal_maps_to_a_valid_image() -> None:
+    """Regression (found by this fuzzing): a flat float32 frame at -6.8e15 divided by zero.
+
+    The min-range widening of the auto window vanished in float rounding, so the window had
+    ``high == low``. The frame now maps to a flat mid-gray image, and fuses in the node.
+    """
     from sfdfuse_core.thermal import ThermalNormalizer
     frame = np.full((2, 2), -6.843686e15, np.float32)
-    assert ThermalNormalizer()(frame).shape == (2, 2)
+    out = ThermalNormalizer()(frame)
+    assert out.shape == (2, 2) and out.dtype == np.uint8 and len(np.unique(out)) == 1
+
+
+def test_huge_constant_float_thermal_fuses_in_the_node(node: FuseNode) -> None:
+    data = np.full((12, 16), -6.843686e15, np.float32).tobytes()
+    thermal = _msg('32FC1', 12, 16, 16 * 4, data, 0)
+    assert _run(node, thermal, valid_rgb(), 'huge constant float thermal') == 'fused'

@@ -226,11 +226,11 @@ def test_time_faults_fusion_resumes_each_time(node: RunningNode) -> None:
             pub.publish_thermal(stamp, i)
         time.sleep(0.05)
     assert fx.wait_for(lambda: node.col.count() - start >= 5, 10.0)
-    # A pair re-sent after its first copy was fused is fused again (two outputs with one
-    # stamp): see test_known_bug_resent_pair_is_paired_twice.
+    time.sleep(0.5)  # a second output of a stamp would come by now
+    # A pair re-sent after its first copy was fused is dropped as late, not fused again.
     with node.col.lock:
         stamps = [s for _, s in node.col.arrivals[start:]]
-    assert len(set(stamps)) >= 5
+    assert len(set(stamps)) >= 5 and len(set(stamps)) == len(stamps), stamps
     # 4. the thermal camera stops for 2 s (RGB goes on), then restarts
     t0 = time.monotonic()
     while time.monotonic() - t0 < 2.0:
@@ -331,6 +331,11 @@ def test_injected_out_of_memory_drops_and_counts_the_frame(env: dict) -> None:
             fx.wait_for(lambda: len(calls) > i, 2.0)
         assert fx.wait_for(lambda: col.count() >= 7, 10.0)
         assert fx.wait_for(lambda: soak.diag_int(col.diag, 'fusion_errors') >= 4, 5.0), col.diag
+        # each one dropped and counted as a fusion error with the reason out_of_memory
+        ooms = (len(calls) + 2) // 3  # calls 1, 4, 7, ... raised
+        assert fx.wait_for(lambda: soak.diag_int(col.diag, 'fusion_errors_out_of_memory')
+                           == soak.diag_int(col.diag, 'fusion_errors') == ooms, 5.0), col.diag
+        assert fuse._out_of_memory == ooms >= 4
         assert soak.diag_int(col.diag, 'pairs_fused') == col.count()
         assert not col.malformed and fuse.worker_alive
         report.record('faults', test='injected torch.cuda.OutOfMemoryError every 3rd frame',
@@ -401,6 +406,7 @@ def test_bad_weights_fail_at_start_up_before_subscribing(env: dict, tmp_path: Pa
         text = read_log(tmp_path / f'{name}.log')
         assert codes[name] == 1, (name, codes[name], text)
         assert 'cannot load SFDFuse weights' in text and str(path) in text, (name, text)
+        assert text.count('cannot load SFDFuse weights') == 1, (name, text)  # logged once
         assert what.lower() in text.lower(), (name, text)
         assert 'Traceback' not in text and 'fusing /' not in text, (name, text)
         line = next(ln for ln in text.splitlines() if 'cannot load SFDFuse weights' in ln)
@@ -507,10 +513,8 @@ def test_diagnostics_type_is_published(node: RunningNode) -> None:
     assert stamp_ns_of(got[-1]) > 0
 
 
-@pytest.mark.xfail(strict=True, reason='sync.py: a message whose stamp equals one already '
-                   'paired and emitted on its stream is paired again (re-sent frames are fused '
-                   'twice, two fused images with one stamp)')
-def test_known_bug_resent_pair_is_paired_twice() -> None:
+def test_resent_pair_is_paired_once() -> None:
+    """Regression: a re-sent frame whose first copy was paired was paired (and fused) again."""
     from sfdfuse_core.sync import ApproximateTimePairer, RGB, THERMAL
     pairer = ApproximateTimePairer(slop=0.05)
     pairs = []
@@ -521,3 +525,8 @@ def test_known_bug_resent_pair_is_paired_twice() -> None:
             pairs += pairer.add(THERMAL, stamp, i)
     pairs += pairer.flush()
     assert len(pairs) == 20
+    assert [p[0] for p in pairs] == [10**9 + i * 33_000_000 for i in range(20)]
+    assert [(th, rgb) for _, th, rgb in pairs] == [(i, i) for i in range(20)]
+    stats = pairer.stats
+    for stream in (THERMAL, RGB):  # every copy is counted: late or superseded
+        assert stats.dropped[stream]['late'] + stats.dropped[stream]['superseded'] == 20

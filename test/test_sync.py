@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sfdfuse_core.sync import (ApproximateTimePairer, DROP_REASONS, header_stamp_ns, RGB,
-                               stamp_to_ns, SyncStats, THERMAL)
+from sfdfuse_core.sync import (ApproximateTimePairer, DROP_REASONS, header_stamp_ns,
+                               LATE_RUN_RESET, RGB, stamp_to_ns, SyncStats, THERMAL)
 
 MS = 1_000_000
 
@@ -256,6 +256,113 @@ def test_duplicate_stamp_supersedes_the_queued_message():
     assert pairer.stats.dropped[THERMAL]['superseded'] == 1
 
 
+def test_frame_re_sent_after_its_pair_was_emitted_is_dropped_as_late():
+    """Regression: a re-sent frame whose first copy was already paired was paired again.
+
+    The node then fused and published two images with one stamp. Now the copy is dropped as
+    ``'late'`` (counted), each stamp is emitted once, and every message is still accounted for.
+    """
+    pairer = ApproximateTimePairer(slop=0.05)
+    events, pairs = [], []
+    for i in range(20):
+        stamp = 10**9 + i * 33 * MS
+        for _ in range(2):  # every frame of both cameras sent twice
+            for stream in (RGB, THERMAL):
+                events.append((stream, stamp))
+                pairs += pairer.add(stream, stamp, (stream, stamp, len(events) - 1))
+    pairs += pairer.flush()
+    _check_invariants(pairer, events, pairs, 50 * MS)
+    assert [p[0] for p in pairs] == [10**9 + i * 33 * MS for i in range(20)]
+    late = [pairer.stats.dropped[s]['late'] for s in (THERMAL, RGB)]
+    superseded = [pairer.stats.dropped[s]['superseded'] for s in (THERMAL, RGB)]
+    # each copy is late (its original was emitted) or superseded its still-queued original
+    assert [a + b for a, b in zip(late, superseded)] == [20, 20] and sum(late) > 0
+
+
+def test_late_message_within_the_reset_threshold_is_dropped_not_a_reset():
+    """Older than the newest emitted stamp by less than reset_threshold: 'late', no reset."""
+    pairer = ApproximateTimePairer(slop=0.01, reset_threshold=1.0, lower_bound_factor=0.0,
+                                   max_wait=0.0)
+    assert pairer.add(THERMAL, 5_000 * MS, 't') + pairer.add(RGB, 5_000 * MS, 'r') == [
+        (5_000 * MS, 't', 'r')]
+    assert pairer.add(RGB, 4_100 * MS, 'old') == []
+    assert pairer.add(THERMAL, 5_000 * MS, 'again') == []
+    assert pairer.stats.dropped[RGB]['late'] == pairer.stats.dropped[THERMAL]['late'] == 1
+    assert pairer.stats.resets == 0
+    assert pairer.pending == (0, 0)
+    # more than reset_threshold back is a time jump: a reset, and pairing starts over
+    out = pairer.add(THERMAL, 0, 't0') + pairer.add(RGB, 0, 'r0') + pairer.flush()
+    assert out == [(0, 't0', 'r0')] and pairer.stats.resets == 1
+
+
+def test_queued_message_overtaken_by_an_emitted_one_is_dropped():
+    """A forced pair (max_wait=0) overtakes an older queued frame, which may not pair later.
+
+    Without the rule, T0 paired with R45 after (T40, R40) was out: thermal stamps 40 then 0.
+    T0 can have no partner any more, so it is counted as 'no_match' at once.
+    """
+    pairer = ApproximateTimePairer(slop=0.05, lower_bound_factor=0.0, max_wait=0.0)
+    out = pairer.add(THERMAL, 0, 'T0') + pairer.add(THERMAL, 40 * MS, 'T40')
+    assert out + pairer.add(RGB, 40 * MS, 'R40') == [(40 * MS, 'T40', 'R40')]
+    assert pairer.stats.dropped[THERMAL]['no_match'] == 1 and pairer.pending == (0, 0)
+    assert pairer.add(RGB, 45 * MS, 'R45') + pairer.flush() == []
+    assert pairer.stats.dropped[RGB]['no_match'] == 1
+
+
+def test_short_looping_bag_resets_instead_of_dropping_every_loop():
+    """A 0.5 s bag looping (a jump back below reset_threshold): late, then a reset per loop.
+
+    Dropping every message at or below the emitted stamps would drop every later loop whole;
+    a run of in-order late messages on a stream is taken as the time jump it is.
+    """
+    pairer = ApproximateTimePairer(slop=0.02, reset_threshold=1.0)
+    per_loop = []
+    for _ in range(4):
+        pairs = []
+        for k in range(15):  # 30 Hz, both cameras, 0.5 s
+            pairs += pairer.add(RGB, k * 33 * MS, k) + pairer.add(THERMAL, k * 33 * MS + MS, k)
+        per_loop.append(pairs)
+    per_loop[-1] += pairer.flush()
+    assert pairer.stats.resets == 3
+    assert len(per_loop[0]) >= 14 and all(len(p) >= 15 - LATE_RUN_RESET for p in per_loop[1:])
+    stats = pairer.stats
+    for stream in (THERMAL, RGB):
+        assert stats.dropped[stream]['late'] == 3 * (LATE_RUN_RESET - 1)
+        assert stats.paired + stats.dropped_total(stream) == stats.received[stream] == 60
+
+
+@settings(max_examples=200, deadline=None)
+@given(events=st.lists(st.tuples(st.sampled_from([THERMAL, RGB]),
+                                 st.integers(0, 400).map(lambda t: t * MS)), max_size=60),
+       slop_ms=st.integers(0, 60), queue_size=st.integers(1, 12),
+       factor=st.sampled_from([0.0, 0.5, 1.0]), max_wait_ms=st.sampled_from([0, 50, 500]))
+def test_emitted_stamps_strictly_increase_per_stream_between_resets(events, slop_ms, queue_size,
+                                                                    factor, max_wait_ms):
+    """Any arrival order, duplicates included: no stream's stamp is emitted twice or backwards."""
+    pairer = ApproximateTimePairer(slop=slop_ms / 1e3, queue_size=queue_size,
+                                   reset_threshold=0.1, max_wait=max_wait_ms / 1e3,
+                                   lower_bound_factor=factor)
+    last = [None, None]
+    pairs = []
+    for i, (stream, stamp) in enumerate(events):
+        resets = pairer.stats.resets
+        out = pairer.add(stream, stamp, (stream, stamp, i))
+        _check_increasing(last, out)
+        if pairer.stats.resets != resets:  # a new timeline (out: what the old one still paired)
+            last = [None, None]
+        pairs += out
+    out = pairer.flush()
+    _check_increasing(last, out)
+    _check_invariants(pairer, events, pairs + out, slop_ms * MS)
+
+
+def _check_increasing(last, pairs):
+    for _, th, rgb in pairs:
+        for k, item in ((THERMAL, th), (RGB, rgb)):
+            assert last[k] is None or item[1] > last[k], (k, last[k], item[1])
+            last[k] = item[1]
+
+
 def test_bounded_wait_emits_when_the_other_stream_stops():
     """No inter-message bound: the pair waits for max_wait of stamp time, not forever."""
     pairer = ApproximateTimePairer(slop=0.02, lower_bound_factor=0.0, max_wait=0.1,
@@ -309,7 +416,7 @@ def test_stats_as_dict():
     d = stats.as_dict()
     assert d['received'] == {'thermal': 0, 'rgb': 3}
     assert d['dropped']['thermal'] == {'no_match': 2, 'queue_overflow': 0, 'superseded': 0,
-                                       'reset': 0}
+                                       'reset': 0, 'late': 0}
     assert set(d['dropped']['rgb']) == set(DROP_REASONS)
     assert d['paired'] == 0 and d['resets'] == 0
     assert stats.dropped_total() == 2 and stats.dropped_total(RGB) == 0

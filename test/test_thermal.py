@@ -1,5 +1,6 @@
 """Tests of :mod:`sfdfuse_core.thermal` (16-bit -> 8-bit mapping, homography alignment)."""
 import time
+import warnings
 
 import cv2
 import numpy as np
@@ -91,6 +92,34 @@ def test_flat_frame_does_not_explode_noise(rng):
     assert 100 < out.mean() < 155
 
 
+@pytest.mark.parametrize('value', [-6.843686e15, 7e15, 3.4e38, -3.4e38, 1e-30, 0.0])
+@pytest.mark.parametrize('smoothing', [0.0, 0.9])
+def test_flat_float_frame_of_any_magnitude_maps_to_mid_gray(value, smoothing):
+    """Regression (fuzzing): at 7e15 the widening by min_range vanished in float rounding.
+
+    The window then had ``high == low`` and the mapping divided by zero. It is now widened
+    relative to the magnitude of its centre too, so a flat frame is mid-gray at any value.
+    """
+    norm = ThermalNormalizer(smoothing=smoothing)
+    frame = np.full((2, 3), value, np.float32)
+    for _ in range(3):
+        out = norm(frame)
+        assert out.shape == (2, 3) and out.dtype == np.uint8
+        assert len(np.unique(out)) == 1 and 100 <= out[0, 0] <= 155
+        low, high = norm.window
+        assert np.isfinite(low) and np.isfinite(high) and low <= high
+
+
+def test_float_frame_spanning_the_float32_range_maps_to_the_ends():
+    frame = np.array([[-3.4e38, 0.0, 3.4e38]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')  # no overflow warning either
+        out = ThermalNormalizer(percentiles=(0, 100))(frame)
+        fixed = ThermalNormalizer('fixed', low=-1e30, high=1e30)(frame)
+    np.testing.assert_array_equal(out, [[0, 128, 255]])
+    np.testing.assert_array_equal(fixed, [[0, 128, 255]])
+
+
 def test_fixed_mode_exact_values():
     norm = ThermalNormalizer('fixed', low=1000, high=2020)
     img = np.array([[0, 1000, 1002, 1510, 2020, 65535]], np.uint16)
@@ -130,6 +159,7 @@ def test_accepted_shapes():
     (dict(mode='fixed', low=10, high=10), 'low must be < high'),
     (dict(mode='fixed', low=20, high=10), 'low=20, high=10'),
     (dict(mode='fixed', low=0, high=np.inf), 'high must be finite'),
+    (dict(mode='fixed', low=-1e308, high=1e308), 'high - low must be finite'),
     (dict(percentiles=(99, 1)), '0 <= p_lo < p_hi <= 100'),
     (dict(percentiles=(-1, 50)), 'p_lo'),
     (dict(percentiles=(0, 101)), 'got \\(0, 101\\)'),

@@ -239,6 +239,22 @@ def test_truncated_checkpoint(tmp_path: Path, tiny_model: SFDFuse) -> None:
         load_model(path)
 
 
+def test_checkpoint_with_flipped_bytes_in_tensor_data_is_refused(
+        tmp_path: Path, tiny_model: SFDFuse) -> None:
+    """torch.load does not check the zip CRCs: the altered tensor would load as weights."""
+    path = tmp_path / 'flipped.pt'
+    torch.save({'model': tiny_model.state_dict(), 'config': TINY.to_dict()}, path)
+    raw = bytearray(path.read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + 16):
+        raw[i] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(WeightsError, match=f'{path}: corrupt PyTorch checkpoint: CRC-32 '
+                       'mismatch in member'):
+        load_model(path)
+    with pytest.raises(WeightsError, match='CRC-32'):
+        read_weights_info(path)
+
+
 class _Arbitrary:
     pass
 

@@ -131,6 +131,12 @@ def run_fuse(args: argparse.Namespace) -> int:
         print(f'sfdfuse bag fuse: {exc}', file=sys.stderr)
         return EXIT_USAGE
     print(report.summary())
+    if not report.complete:
+        lost = ', '.join(f'{topic} {n} of {report.declared[topic]}'
+                         for topic, n in report.unreadable.items() if n)
+        print(f'sfdfuse bag fuse: WARNING: the bag is damaged: {sum(report.unreadable.values())} '
+              f'messages its index declares could not be read ({lost}); they are missing from '
+              'the output', file=sys.stderr)
     if report.fused == 0:
         print('sfdfuse bag fuse: no pair was fused (see the counts above)', file=sys.stderr)
         return 1

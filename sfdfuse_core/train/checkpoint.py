@@ -26,7 +26,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
-from sfdfuse_core.fsutil import fsync_dir
+from sfdfuse_core.fsutil import fsync_dir, zip_problem
 
 __all__ = ['CheckpointError', 'FORMAT_VERSION', 'REQUIRED_KEYS', 'save_checkpoint',
            'load_checkpoint', 'load_latest', 'rng_state', 'set_rng_state']
@@ -87,13 +87,21 @@ def previous_path(path: PathLike) -> Path:
 def load_checkpoint(path: PathLike) -> Dict[str, Any]:
     """Load and validate one checkpoint (on the CPU, ``weights_only=True``).
 
+    The CRC-32 of every member of the archive is checked first (``torch.load`` does not), so
+    flipped bytes in tensor data are refused instead of loading as other weights.
+
     :param path: the file.
     :return: the checkpoint dict.
-    :raises CheckpointError: missing, truncated or corrupt file, missing keys, or a newer format.
+    :raises CheckpointError: missing, truncated or corrupt file (naming the file and, for a CRC
+        mismatch, the member), missing keys, or a newer format.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint not found: {path}')
+    problem = zip_problem(path)
+    if problem is not None:
+        raise CheckpointError(f'corrupt checkpoint {path} ({path.stat().st_size} bytes): '
+                              f'{problem}')
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as exc:  # RuntimeError, EOFError, UnpicklingError, ... from torch.load
