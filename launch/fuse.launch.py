@@ -38,12 +38,18 @@ def _fuse_node(context, *args, **kwargs):
         remappings=[
             ('thermal/image', LaunchConfiguration('thermal_topic')),
             ('rgb/image', LaunchConfiguration('rgb_topic')),
+            # rgb_transport: compressed subscribes image_transport's name for the same camera
+            ('rgb/image/compressed', [LaunchConfiguration('rgb_topic'), '/compressed']),
             ('rgb/camera_info', LaunchConfiguration('rgb_info_topic')),
             ('fused/image', LaunchConfiguration('fused_topic')),
             ('fused/camera_info', LaunchConfiguration('fused_info_topic')),
         ],
         output='screen',
         emulate_tty=True,
+        # On Ctrl-C the node finishes the frame it is fusing (seconds on a CPU) before it exits;
+        # launch's defaults (5 s + 5 s) would SIGKILL it mid-frame.
+        sigterm_timeout='30',
+        sigkill_timeout='10',
     )]
 
 

@@ -55,7 +55,9 @@ class EnvironmentVariable(Recorded):
 
 
 def perform(value: Any, context: FakeContext) -> Any:
-    """Evaluate a (fake) substitution, or return a plain value."""
+    """Evaluate a (fake) substitution, a list of them (concatenated, as launch does) or a value."""
+    if isinstance(value, list):
+        return ''.join(str(perform(part, context)) for part in value)
     return value.perform(context) if hasattr(value, 'perform') else value
 
 
@@ -193,8 +195,12 @@ def test_node_parameters_and_remappings(description: tuple) -> None:
     remaps = {perform(s, context): perform(d, context) for s, d in node.kwargs['remappings']}
     assert remaps['thermal/image'] == '/boson/image_raw'
     assert remaps['rgb/image'] == 'rgb/image' and remaps['fused/image'] == 'fused/image'
-    assert set(remaps) == {'thermal/image', 'rgb/image', 'rgb/camera_info', 'fused/image',
-                           'fused/camera_info'}
+    assert remaps['rgb/image/compressed'] == 'rgb/image/compressed'  # image_transport's name
+    assert set(remaps) == {'thermal/image', 'rgb/image', 'rgb/image/compressed',
+                           'rgb/camera_info', 'fused/image', 'fused/camera_info'}
+    # a node finishing a slow CPU frame on Ctrl-C is not SIGKILLed after launch's default 10 s
+    assert float(node.kwargs['sigterm_timeout']) >= 20
+    assert float(node.kwargs['sigkill_timeout']) >= 10
     files, overrides = node_parameters(node, context)
     assert files == [str(REPO_ROOT / 'config' / 'fuse.yaml')]
     # method given, device left empty: only the given one overrides the params file.
