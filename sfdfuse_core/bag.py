@@ -25,8 +25,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
-from sfdfuse_core.imgmsg import (ImageConversionError, array_to_image_fields, decode_compressed,
-                                 image_msg_to_array)
+from sfdfuse_core.imgmsg import array_to_image_fields, decode_frame
 from sfdfuse_core.sync import ApproximateTimePairer
 
 PathLike = Union[str, Path]
@@ -382,16 +381,8 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
                         f'({len(raw)} bytes at bag time {bag_time})')
                     continue
                 try:
-                    if conn.msgtype == COMPRESSED_TYPE:
-                        image = decode_compressed(msg)
-                    else:
-                        image = image_msg_to_array(msg)
-                    if stream == RGB and image.dtype != np.uint8:
-                        raise ImageConversionError(
-                            f'RGB image must be 8-bit per channel, got {image.dtype}')
-                    if image.size == 0:
-                        raise ImageConversionError(f'empty image {image.shape}')
-                except (ImageConversionError, ValueError, TypeError) as exc:
+                    image = decode_frame(msg, color=stream == RGB)
+                except (ValueError, TypeError) as exc:  # ImageConversionError is a ValueError
                     bad(role, 'bad image', f'{type(exc).__name__}: {exc}')
                     continue
                 item = _Input(header=msg.header, image=image, bag_time=bag_time)

@@ -293,6 +293,30 @@ def decode_compressed(msg: Any) -> np.ndarray:
     return img
 
 
+def decode_frame(msg: Any, color: bool) -> np.ndarray:
+    """Decode a camera frame as the fusion pipeline takes it (node and bag tool alike).
+
+    A ``sensor_msgs/CompressedImage`` (it has ``format`` and no ``encoding``) is decoded with
+    :func:`decode_compressed`, a ``sensor_msgs/Image`` with :func:`image_msg_to_array` (which
+    already rejects non-finite float images).
+
+    :param msg: the message (rclpy or rosbags class).
+    :param color: ``True`` for the RGB camera, whose pixels must be 8-bit; ``False`` for thermal
+        (8-bit, 16-bit or float).
+    :return: the image array.
+    :raises ImageConversionError: undecodable, empty, or a non-8-bit RGB image.
+    """
+    compressed = hasattr(msg, 'format') and not hasattr(msg, 'encoding')
+    image = decode_compressed(msg) if compressed else image_msg_to_array(msg)
+    if image.size == 0:
+        raise ImageConversionError(f'image is empty {image.shape}')
+    if color and image.dtype != np.uint8:
+        raise ImageConversionError(
+            f'RGB image must be 8-bit per channel; got {image.dtype} (encoding '
+            f'{getattr(msg, "encoding", getattr(msg, "format", "?"))!r})')
+    return image
+
+
 def encode_compressed(arr: np.ndarray, fmt: str = 'jpeg', jpeg_quality: int = 90,
                       png_level: int = 3) -> tuple[str, bytes]:
     """Encode an image for a ``sensor_msgs/CompressedImage``.

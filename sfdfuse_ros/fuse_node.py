@@ -52,8 +52,7 @@ except ImportError:  # Humble
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
 from sfdfuse_core.fusion import Fuser
-from sfdfuse_core.imgmsg import (ImageConversionError, decode_compressed, fill_image_msg,
-                                 image_msg_to_array)
+from sfdfuse_core.imgmsg import ImageConversionError, decode_frame, fill_image_msg
 from sfdfuse_core.sync import (ApproximateTimePairer, header_stamp_ns, RGB, STREAM_NAMES,
                                THERMAL)
 from sfdfuse_core.thermal import ThermalNormalizer, align_thermal, parse_homography
@@ -575,18 +574,7 @@ class FuseNode(Node):
     def _convert(self, stream: int, msg: Any) -> np.ndarray:
         """Message -> array: thermal as uint8 (H, W) after the 8-bit mapping, RGB as uint8."""
         try:
-            if stream == RGB and isinstance(msg, CompressedImage):
-                array = decode_compressed(msg)
-            else:
-                array = image_msg_to_array(msg)
-            if array.size == 0:
-                raise ImageConversionError('image is empty')
-            if array.dtype.kind == 'f' and not np.isfinite(array).all():
-                raise ImageConversionError('image holds NaN or infinite values')
-            if stream == RGB and array.dtype != np.uint8:
-                raise ImageConversionError(
-                    f'RGB image must be 8-bit per channel; got {array.dtype} '
-                    f'(encoding {getattr(msg, "encoding", getattr(msg, "format", "?"))!r})')
+            array = decode_frame(msg, color=stream == RGB)
             if stream == THERMAL:
                 try:
                     array = self._normalizer(array)

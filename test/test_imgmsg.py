@@ -6,9 +6,9 @@ import cv2
 import numpy as np
 import pytest
 
-from sfdfuse_core.imgmsg import (array_to_image_fields, decode_compressed, decode_image,
-                                 encode_compressed, fill_image_msg, image_msg_to_array,
-                                 ImageConversionError)
+from sfdfuse_core.imgmsg import (array_to_image_fields, decode_compressed, decode_frame,
+                                 decode_image, encode_compressed, fill_image_msg,
+                                 image_msg_to_array, ImageConversionError)
 
 
 def _msg(**fields):
@@ -286,3 +286,20 @@ def test_decode_compressed_errors(msg, match):
 def test_encode_compressed_errors(arr, kwargs, match):
     with pytest.raises(ImageConversionError, match=match):
         encode_compressed(arr, **kwargs)
+
+
+def test_decode_frame_raw_and_compressed_with_the_pipeline_rules():
+    """decode_frame: raw or compressed by the message's fields; RGB must be 8-bit; thermal may
+    be 16-bit; empty images are refused (node and bag tool share these rules)."""
+    rng = np.random.default_rng(3)
+    bgr = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
+    raw = _msg(**array_to_image_fields(bgr, 'bgr8'))
+    np.testing.assert_array_equal(decode_frame(raw, color=True), bgr)
+    fmt, data = encode_compressed(bgr, 'png')
+    np.testing.assert_array_equal(decode_frame(SimpleNamespace(format=fmt, data=data),
+                                               color=True), bgr)
+    th16 = rng.integers(0, 2 ** 14, (4, 7), dtype=np.uint16)
+    mono16 = _msg(**array_to_image_fields(th16, 'mono16'))
+    np.testing.assert_array_equal(decode_frame(mono16, color=False), th16)
+    with pytest.raises(ImageConversionError, match='RGB image must be 8-bit.*uint16'):
+        decode_frame(mono16, color=True)
