@@ -265,8 +265,19 @@ class ApproximateTimePairer:
 
     @property
     def slop(self) -> float:
-        """Largest allowed stamp difference of a pair, in seconds."""
+        """Largest allowed stamp difference of a pair, in seconds (settable at run time)."""
         return self._slop_ns / _NS_PER_S
+
+    @slop.setter
+    def slop(self, value: float) -> None:
+        """Change the slop; queued messages are planned with it from the next ``add``.
+
+        The timeline (emitted stamps, rates) and the counters are kept, so a message re-sent
+        after its pair was emitted is still dropped as late.
+
+        :raises ValueError: a negative or non-finite slop.
+        """
+        self._slop_ns = int(round(_seconds_to_ns('slop', value)))
 
     @property
     def queue_size(self) -> int:

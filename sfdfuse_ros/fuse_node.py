@@ -486,7 +486,7 @@ class FuseNode(Node):
             return SetParametersResult(successful=False, reason=str(exc))
         old = self._settings
         if settings.slop != old.slop:
-            self._replace_pairer(settings.slop)
+            self._pairer.slop = settings.slop  # keeps the timeline and counters
         thermal_fields = ('thermal_mode', 'thermal_low', 'thermal_high', 'thermal_percentiles',
                           'thermal_smoothing')
         if any(getattr(settings, f) != getattr(old, f) for f in thermal_fields):
@@ -495,14 +495,6 @@ class FuseNode(Node):
         self.get_logger().info('parameters updated: ' + ', '.join(
             f'{p.name}={p.value}' for p in params))
         return SetParametersResult(successful=True)
-
-    def _replace_pairer(self, slop: float) -> None:
-        """Start pairing with a new slop; queued frames that still pair are fused first."""
-        old = self._pairer
-        pairs = old.flush()
-        self._pairer = ApproximateTimePairer(slop=slop, queue_size=old.queue_size)
-        self._pairer.stats = old.stats  # counters stay cumulative
-        self._offer(pairs)
 
     # --- subscription callbacks ---------------------------------------------------------------
     def _on_thermal(self, msg: Image) -> None:

@@ -478,3 +478,22 @@ def test_one_stream_arriving_late_still_pairs_nearest(rng, lag_ms):
     _check_invariants(pairer, events, pairs, 20 * MS)
     assert {th[1]: rgb[1] for _, th, rgb in pairs} == {
         int(t): int(rgb_ns[np.argmin(np.abs(rgb_ns - t))]) for t in th_ns}
+
+
+def test_changing_slop_keeps_the_timeline_and_the_counters():
+    """A run-time slop change (the node's parameter) does not forget what was emitted."""
+    pairer = ApproximateTimePairer(slop=0.01, queue_size=10)
+    pairs = []
+    for k in range(6):  # equal-rate streams 20 ms apart in stamp, pairs 5 ms apart
+        pairs += pairer.add(THERMAL, k * 100 * MS, ('th', k))
+        pairs += pairer.add(RGB, k * 100 * MS + 5 * MS, ('rgb', k))
+    paired_before = pairer.stats.paired
+    assert paired_before >= 4
+    pairer.slop = 0.002  # 5 ms apart no longer pairs
+    assert pairer.slop == pytest.approx(0.002)
+    last_emitted_th = pairs[-1][1][1]
+    pairs += pairer.add(THERMAL, last_emitted_th * 100 * MS, ('th', 'again'))  # re-sent frame
+    assert pairer.stats.dropped[THERMAL]['late'] == 1
+    assert pairer.stats.paired == paired_before and pairer.stats.received == [7, 6]
+    with pytest.raises(ValueError):
+        pairer.slop = -1.0
