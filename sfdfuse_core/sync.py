@@ -83,6 +83,22 @@ one-to-one pairing existed (measured with the former nearest-first version of th
   newer than the one before: a bag shorter than ``reset_threshold`` that loops); then the
   last of them resets the pairer as above and starts the new timeline.
 
+Policies
+--------
+The behaviour above is the ``'optimal'`` policy (the default): the most pairs, each with the
+closest partner, at the price of waiting until a pair can no longer be improved (with 10 Hz
+thermal stamped 14 ms after an RGB frame of a 30 Hz camera, every pair waits for the next RGB
+frame, about 20 ms). The ``'greedy'`` policy never waits: when a message arrives, it is paired
+at once with the closest queued message of the other stream within ``slop`` (ties: the earlier
+one), as the Python ``message_filters.ApproximateTimeSynchronizer`` does (which pairs the new
+message with its closest partner and never waits; its spread test is strict, ``< slop``, ours
+stays inclusive). A message with no partner waits in its queue for one. The pair may not be the
+closest one (a closer frame arriving later finds its partner taken), and two neighbours
+competing for one partner can lose a pair the optimal policy would have made. Everything else
+is shared: ``slop``, ``queue_size``, the counters and drop reasons, duplicate stamps, late
+messages, time jumps and resets, the strictly increasing emitted stamps; ``max_wait`` and
+``lower_bound_factor`` have nothing to do in it (nothing waits for a better partner).
+
 Every message given to :meth:`ApproximateTimePairer.add` ends up exactly once either in an
 emitted pair or in :attr:`SyncStats.dropped` (after :meth:`~ApproximateTimePairer.flush`).
 Pairs returned by one call are in stamp order; across calls too, within one timeline (between
@@ -92,7 +108,7 @@ thread-safe: the node calls it from one callback group.
 from __future__ import annotations
 
 import operator
-from bisect import bisect_left, bisect_right, insort
+from bisect import bisect_left, bisect_right
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -108,6 +124,9 @@ RGB = 1
 STREAM_NAMES = ('thermal', 'rgb')
 #: Why a message can be dropped.
 DROP_REASONS = ('no_match', 'queue_overflow', 'superseded', 'reset', 'late')
+#: Pairing policies: ``'optimal'`` waits until a pair cannot be improved, ``'greedy'`` pairs a
+#: message at once with the closest queued partner within ``slop`` (see the module docstring).
+POLICIES = ('optimal', 'greedy')
 
 #: A pair as returned by the pairer: ``(pair_stamp_ns, thermal_item, rgb_item)``.
 Pair = tuple[int, Any, Any]
@@ -237,10 +256,16 @@ class ApproximateTimePairer:
     :param lower_bound_factor: fraction (``0..1``) of the smallest recent interval of a stream
         taken as the lower bound on its next interval; ``0`` assumes the next message may come
         at any time after the newest (never emits a pair that could still improve).
+    :param policy: ``'optimal'`` (the most and closest pairs, waiting until a pair is final) or
+        ``'greedy'`` (pair each message at once with the closest partner within ``slop``).
     """
 
     def __init__(self, slop: float = 0.05, queue_size: int = 10, reset_threshold: float = 1.0,
-                 max_wait: float = 0.5, lower_bound_factor: float = 0.5) -> None:
+                 max_wait: float = 0.5, lower_bound_factor: float = 0.5,
+                 policy: str = 'optimal') -> None:
+        if policy not in POLICIES:
+            raise ValueError(f'policy must be one of {", ".join(POLICIES)}; got {policy!r}')
+        self._policy = policy
         self._slop_ns = int(round(_seconds_to_ns('slop', slop)))
         if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
             raise ValueError(f'queue_size must be an int >= 1, got {queue_size!r}')
@@ -278,6 +303,11 @@ class ApproximateTimePairer:
         :raises ValueError: a negative or non-finite slop.
         """
         self._slop_ns = int(round(_seconds_to_ns('slop', value)))
+
+    @property
+    def policy(self) -> str:
+        """The pairing policy, ``'optimal'`` or ``'greedy'`` (set when the pairer is made)."""
+        return self._policy
 
     @property
     def queue_size(self) -> int:
@@ -338,8 +368,11 @@ class ApproximateTimePairer:
             self._awaiting_jump[other] = True
         else:
             self._late_run[stream] = (0, 0)
-        self._insert(stream, stamp, item)
-        out.extend(self._match(force_all=False))
+        entry = self._insert(stream, stamp, item)
+        if self._policy == 'greedy':
+            out.extend(self._match_greedy(stream, entry))
+        else:
+            out.extend(self._match(force_all=False))
         self._evict_overflow()
         out.sort(key=lambda pair: pair[0])
         return out
@@ -380,7 +413,7 @@ class ApproximateTimePairer:
             self.stats.dropped[stream][reason] += len(queue)
             queue.clear()
 
-    def _insert(self, stream: int, stamp: int, item: Any) -> None:
+    def _insert(self, stream: int, stamp: int, item: Any) -> _Entry:
         queue = self._queues[stream]
         newest = self._newest[stream]
         if newest is None or stamp > newest:
@@ -392,8 +425,10 @@ class ApproximateTimePairer:
             queue[i].item = item  # duplicate stamp: the newer message replaces the queued one
             queue[i].seq = self._next_seq()
             self.stats.dropped[stream]['superseded'] += 1
-            return
-        insort(queue, _Entry(stamp, self._next_seq(), item))
+            return queue[i]
+        entry = _Entry(stamp, self._next_seq(), item)
+        queue.insert(i, entry)
+        return entry
 
     def _next_seq(self) -> int:
         self._seq += 1
@@ -435,6 +470,31 @@ class ApproximateTimePairer:
     def _newest_overall(self) -> Optional[int]:
         known = [n for n in self._newest if n is not None]
         return max(known) if known else None
+
+    def _match_greedy(self, stream: int, entry: _Entry) -> list[Pair]:
+        """Pair the new ``entry`` of ``stream`` with its closest partner within slop, at once."""
+        other = 1 - stream
+        queue = self._queues[other]
+        slop = self._slop_ns
+        first = bisect_left(queue, _Entry(entry.stamp - slop, -1, None))
+        best: Optional[_Entry] = None
+        for candidate in queue[first:]:
+            if candidate.stamp > entry.stamp + slop:
+                break
+            # sorted by stamp, so among equal gaps the earlier candidate is kept
+            if best is None or abs(candidate.stamp - entry.stamp) < abs(best.stamp - entry.stamp):
+                best = candidate
+        if best is None:
+            return []
+        thermal, rgb = (entry, best) if stream == THERMAL else (best, entry)
+        self._emitted = [thermal.stamp, rgb.stamp]
+        for s, queue in enumerate(self._queues):
+            # the pair leaves; older messages could only pair out of order now
+            kept = [e for e in queue if e.stamp > self._emitted[s]]
+            self.stats.dropped[s]['no_match'] += len(queue) - len(kept) - 1
+            queue[:] = kept
+        self.stats.paired += 1
+        return [(rgb.stamp, thermal.item, rgb.item)]
 
     def _match(self, force_all: bool) -> list[Pair]:
         """Emit the pairs of the planned matching that are final; see the module docstring."""

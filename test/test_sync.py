@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sfdfuse_core.sync import (ApproximateTimePairer, DROP_REASONS, header_stamp_ns,
-                               LATE_RUN_RESET, RGB, stamp_to_ns, SyncStats, THERMAL)
+                               LATE_RUN_RESET, POLICIES, RGB, stamp_to_ns, SyncStats, THERMAL)
 
 MS = 1_000_000
 
@@ -77,13 +77,14 @@ def _max_pairs(th_ns, rgb_ns, slop_ns):
 @given(events=st.lists(st.tuples(st.sampled_from([THERMAL, RGB]),
                                  st.integers(0, 400).map(lambda t: t * MS)), max_size=60),
        slop_ms=st.integers(0, 60), queue_size=st.integers(1, 12),
-       factor=st.sampled_from([0.0, 0.5, 1.0]), max_wait_ms=st.sampled_from([0, 50, 500]))
+       factor=st.sampled_from([0.0, 0.5, 1.0]), max_wait_ms=st.sampled_from([0, 50, 500]),
+       policy=st.sampled_from(POLICIES))
 def test_every_message_is_paired_or_dropped_exactly_once(events, slop_ms, queue_size, factor,
-                                                         max_wait_ms):
+                                                         max_wait_ms, policy):
     """Arbitrary arrival orders, duplicates and backwards jumps keep the bookkeeping exact."""
     pairer = ApproximateTimePairer(slop=slop_ms / 1e3, queue_size=queue_size,
                                    reset_threshold=0.1, max_wait=max_wait_ms / 1e3,
-                                   lower_bound_factor=factor)
+                                   lower_bound_factor=factor, policy=policy)
     pairs = _run(pairer, events)
     _check_invariants(pairer, events, pairs, slop_ms * MS)
 
@@ -335,13 +336,14 @@ def test_short_looping_bag_resets_instead_of_dropping_every_loop():
 @given(events=st.lists(st.tuples(st.sampled_from([THERMAL, RGB]),
                                  st.integers(0, 400).map(lambda t: t * MS)), max_size=60),
        slop_ms=st.integers(0, 60), queue_size=st.integers(1, 12),
-       factor=st.sampled_from([0.0, 0.5, 1.0]), max_wait_ms=st.sampled_from([0, 50, 500]))
+       factor=st.sampled_from([0.0, 0.5, 1.0]), max_wait_ms=st.sampled_from([0, 50, 500]),
+       policy=st.sampled_from(POLICIES))
 def test_emitted_stamps_strictly_increase_per_stream_between_resets(events, slop_ms, queue_size,
-                                                                    factor, max_wait_ms):
+                                                                    factor, max_wait_ms, policy):
     """Any arrival order, duplicates included: no stream's stamp is emitted twice or backwards."""
     pairer = ApproximateTimePairer(slop=slop_ms / 1e3, queue_size=queue_size,
                                    reset_threshold=0.1, max_wait=max_wait_ms / 1e3,
-                                   lower_bound_factor=factor)
+                                   lower_bound_factor=factor, policy=policy)
     last = [None, None]
     pairs = []
     for i, (stream, stamp) in enumerate(events):
@@ -426,7 +428,8 @@ def test_stats_as_dict():
     {'slop': -0.01}, {'slop': float('nan')}, {'slop': float('inf')}, {'slop': 'a'},
     {'queue_size': 0}, {'queue_size': 2.5}, {'queue_size': True},
     {'reset_threshold': 0.0}, {'reset_threshold': -1.0}, {'max_wait': -1.0},
-    {'lower_bound_factor': 1.5}, {'lower_bound_factor': -0.1},
+    {'lower_bound_factor': 1.5}, {'lower_bound_factor': -0.1}, {'policy': 'fast'},
+    {'policy': None},
 ])
 def test_invalid_arguments_raise(kwargs):
     with pytest.raises(ValueError, match=next(iter(kwargs))):
@@ -497,3 +500,120 @@ def test_changing_slop_keeps_the_timeline_and_the_counters():
     assert pairer.stats.paired == paired_before and pairer.stats.received == [7, 6]
     with pytest.raises(ValueError):
         pairer.slop = -1.0
+
+
+# --- the greedy policy ---------------------------------------------------------------------
+
+
+def _message_filters_python(events, slop_ns, queue_size):
+    """Pairs of ``message_filters.ApproximateTimeSynchronizer`` (Python), two inputs.
+
+    A transcription of ``ApproximateTimeSynchronizer.add`` in ros2/message_filters
+    (``src/message_filters/__init__.py``, rolling, 2024): one ``{stamp: msg}`` dict per input,
+    trimmed to ``queue_size`` (oldest first) after each insert; the other input's stamps within
+    ``slop`` of the new one are tried closest first, and the first whose spread is ``< slop``
+    is emitted and both removed. Returns ``[(thermal_stamp, rgb_stamp), ...]`` in emit order.
+    """
+    queues = ({}, {})
+    out = []
+    for stream, stamp in events:
+        mine, other = queues[stream], queues[1 - stream]
+        mine[stamp] = stamp
+        while len(mine) > queue_size:
+            del mine[min(mine)]
+        candidates = sorted((s for s in other if abs(s - stamp) <= slop_ns),
+                            key=lambda s: abs(s - stamp))
+        for partner in candidates:
+            if abs(partner - stamp) < slop_ns:
+                del mine[stamp], other[partner]
+                out.append((stamp, partner) if stream == THERMAL else (partner, stamp))
+                break
+    return out
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1), thermal_hz=st.sampled_from([9.0, 10.0, 30.0]),
+       rgb_hz=st.sampled_from([15.0, 30.0, 60.0]))
+def test_greedy_pairs_as_message_filters_python_does(seed, thermal_hz, rgb_hz):
+    """Regular jittered streams in stamp order: the same pairs as message_filters' Python."""
+    rng = np.random.default_rng(seed)
+    _, _, events = _regular_streams(rng, 3.0, thermal_hz, rgb_hz)
+    slop_ns = 16 * MS + 1  # below half the fastest RGB period: no frame is out-raced
+    pairer = ApproximateTimePairer(slop=slop_ns / 1e9, queue_size=10, policy='greedy')
+    pairs = _run(pairer, events)
+    _check_invariants(pairer, events, pairs, slop_ns)
+    assert [(th[1], rgb[1]) for _, th, rgb in pairs] == _message_filters_python(
+        events, slop_ns, 10)
+
+
+def test_greedy_emits_at_once_where_optimal_waits_for_the_next_rgb_frame():
+    """10 Hz thermal 14 ms after an RGB frame of a 30 Hz camera (the issue's rig).
+
+    The optimal policy must see the next RGB frame (33 ms after the first, 19 ms from the
+    thermal frame) before it knows the first is the closer; greedy pairs on the thermal frame's
+    arrival. Both make the same pairs here.
+    """
+    events = [(RGB, round(k * 1e9 / 30)) for k in range(90)]
+    events += [(THERMAL, round(k * 1e9 / 10) + 14 * MS) for k in range(30)]
+    events.sort(key=lambda e: e[1])
+    made = {}
+    for policy in POLICIES:
+        pairer = ApproximateTimePairer(slop=0.05, policy=policy)
+        waits, pairs = [], []
+        for i, (stream, stamp) in enumerate(events):
+            for pair in pairer.add(stream, stamp, (stream, stamp, i)):
+                waits.append(stamp - max(pair[1][1], pair[2][1]))  # stamp time of the release
+                pairs.append(pair)
+        pairs += pairer.flush()
+        _check_invariants(pairer, events, pairs, 50 * MS)
+        made[policy] = [(th[1], rgb[1]) for _, th, rgb in pairs]
+        if policy == 'greedy':
+            assert waits == [0] * 30
+        else:
+            assert len(waits) >= 29 and min(waits[3:]) >= 19 * MS  # the next RGB frame
+    assert made['greedy'] == made['optimal'] and len(made['greedy']) == 30
+
+
+def test_greedy_takes_the_closest_queued_partner_and_drops_the_overtaken():
+    pairer = ApproximateTimePairer(slop=0.05, policy='greedy')
+    assert pairer.add(RGB, 0, 'r0') + pairer.add(RGB, 30 * MS, 'r30') == []
+    assert pairer.add(RGB, 60 * MS, 'r60') == []
+    assert pairer.add(THERMAL, 40 * MS, 't40') == [(30 * MS, 't40', 'r30')]
+    # r0 is older than the emitted r30: it could only pair out of order
+    assert pairer.stats.dropped[RGB]['no_match'] == 1 and pairer.pending == (0, 1)
+    assert pairer.add(THERMAL, 50 * MS, 't50') == [(60 * MS, 't50', 'r60')]
+    # equal gaps: the earlier partner
+    assert pairer.add(RGB, 90 * MS, 'r90') + pairer.add(RGB, 110 * MS, 'r110') == []
+    assert pairer.add(THERMAL, 100 * MS, 't100') == [(90 * MS, 't100', 'r90')]
+    assert pairer.policy == 'greedy' and ApproximateTimePairer().policy == 'optimal'
+
+
+def test_greedy_handles_time_jumps_late_and_duplicate_frames_as_optimal_does():
+    """Same counters and the same answers to re-sent frames, loops and backwards jumps."""
+    pairer = ApproximateTimePairer(slop=0.02, reset_threshold=1.0, policy='greedy')
+    per_loop = []
+    for loop in range(3):  # a 0.5 s bag looping: late, then a reset per loop
+        pairs = []
+        for k in range(15):
+            pairs += pairer.add(RGB, k * 33 * MS, k) + pairer.add(THERMAL, k * 33 * MS + MS, k)
+        per_loop.append(pairs)
+    assert pairer.stats.resets == 2
+    assert [len(p) for p in per_loop] == [15] + [15 - (LATE_RUN_RESET - 1)] * 2
+    assert pairer.stats.dropped[RGB]['late'] == 2 * (LATE_RUN_RESET - 1)
+    # a re-sent frame whose first copy was paired: late, never paired twice
+    assert pairer.add(THERMAL, 14 * 33 * MS + MS, 'again') == []
+    assert pairer.stats.dropped[THERMAL]['late'] == 2 * (LATE_RUN_RESET - 1) + 1
+    # duplicate stamp of a queued frame: the newer supersedes it
+    pairer.add(THERMAL, 600 * MS, 'old')
+    assert pairer.add(THERMAL, 600 * MS, 'new') == []
+    assert pairer.add(RGB, 605 * MS, 'r') == [(605 * MS, 'new', 'r')]
+    assert pairer.stats.dropped[THERMAL]['superseded'] == 1
+    # a long jump back: a reset (the queued frame counted), pairing resumes at once
+    pairer.add(RGB, 700 * MS, 'waiting')
+    assert pairer.add(THERMAL, -10_000 * MS, 't') == []
+    assert pairer.stats.resets == 3 and pairer.stats.dropped[RGB]['reset'] == 1
+    assert pairer.add(RGB, -10_000 * MS + 5 * MS, 'r') == [(-10_000 * MS + 5 * MS, 't', 'r')]
+    pairer.flush()
+    stats = pairer.stats
+    for stream in (THERMAL, RGB):
+        assert stats.paired + stats.dropped_total(stream) == stats.received[stream]
