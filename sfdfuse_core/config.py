@@ -1,16 +1,51 @@
-"""The one configuration every size of the SFDFuse network comes from.
+"""The configurations every size of the two SFDFuse-family networks comes from.
 
-The defaults reproduce the public SFDFuse network (``zxp771/SFDFuse``, ``net.py``), which builds on
-CDDFuse (Zhao et al., CVPR 2023): embedding width 64, 8 attention heads, two Restormer and two
-ConvFormer blocks in both encoder and decoder, three invertible detail nodes.
+:class:`SFDFuseConfig`: the defaults reproduce the public SFDFuse network (``zxp771/SFDFuse``,
+``net.py``), which builds on CDDFuse (Zhao et al., CVPR 2023): embedding width 64, 8 attention
+heads, two Restormer and two ConvFormer blocks in both encoder and decoder, three invertible
+detail nodes.
+
+:class:`SFDFuseLiteConfig`: the compact member of the family built for CPUs
+(:mod:`sfdfuse_core.model.lite`): every feature map lives on the Haar subbands at half
+resolution, 16 channels wide.
 """
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Mapping, Type, TypeVar
 
-__all__ = ['SFDFuseConfig']
+_C = TypeVar('_C')
+
+
+def _check_field_types(config: Any) -> None:
+    """Raise ``TypeError`` unless every field of a config dataclass has its declared type."""
+    name = type(config).__name__
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        expected = {'int': int, 'float': float, 'bool': bool}[field.type]
+        ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            ok = True
+        if not ok:
+            raise TypeError(f'{name}.{field.name} must be {field.type}, '
+                            f'got {value!r} ({type(value).__name__})')
+
+
+def _from_dict(cls: Type[_C], values: Mapping[str, Any]) -> _C:
+    """Build config ``cls`` from a mapping; missing keys keep their defaults."""
+    if not isinstance(values, Mapping):
+        raise TypeError(f'{cls.__name__}.from_dict expects a mapping, got '
+                        f'{type(values).__name__}')
+    known = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(str(key) for key in values if key not in known)
+    if unknown:
+        raise ValueError(f'unknown {cls.__name__} keys: {unknown}; '
+                         f'known keys are {sorted(known)}')
+    return cls(**dict(values))
+
+
+__all__ = ['SFDFuseConfig', 'SFDFuseLiteConfig']
 
 
 @dataclass(frozen=True)
@@ -69,15 +104,7 @@ class SFDFuseConfig:
         :raises TypeError: a field has the wrong type.
         :raises ValueError: a value is out of range or sizes do not divide.
         """
-        for field in dataclasses.fields(self):
-            value = getattr(self, field.name)
-            expected = {'int': int, 'float': float, 'bool': bool}[field.type]
-            ok = isinstance(value, expected) and (expected is bool or not isinstance(value, bool))
-            if expected is float and isinstance(value, int) and not isinstance(value, bool):
-                ok = True
-            if not ok:
-                raise TypeError(f'SFDFuseConfig.{field.name} must be {field.type}, '
-                                f'got {value!r} ({type(value).__name__})')
+        _check_field_types(self)
         positive = ['in_channels', 'dim', 'num_heads', 'ffn_expansion_factor',
                     'base_ffn_expansion_factor', 'ffn_kernel_size', 'convformer_sepconv_expansion',
                     'convformer_kernel_size', 'convformer_mlp_ratio', 'detail_nodes',
@@ -131,12 +158,73 @@ class SFDFuseConfig:
         :raises TypeError: ``values`` is not a mapping, or a value has the wrong type.
         :raises ValueError: ``values`` holds keys that are not fields, or a value is invalid.
         """
-        if not isinstance(values, Mapping):
-            raise TypeError(f'SFDFuseConfig.from_dict expects a mapping, got '
-                            f'{type(values).__name__}')
-        known = {field.name for field in dataclasses.fields(cls)}
-        unknown = sorted(str(key) for key in values if key not in known)
-        if unknown:
-            raise ValueError(f'unknown SFDFuseConfig keys: {unknown}; '
-                             f'known keys are {sorted(known)}')
-        return cls(**dict(values))
+        return _from_dict(cls, values)
+
+
+@dataclass(frozen=True)
+class SFDFuseLiteConfig:
+    """Hyper-parameters of :class:`sfdfuse_core.model.SFDFuseLite`, the compact network.
+
+    Every channel count and depth of the network is read from here. All feature maps are at
+    half resolution (on the Haar subbands), ``dim`` channels wide.
+    """
+
+    #: Channels of the input images and of the fused output (gray: 1).
+    in_channels: int = 1
+    #: Width of every feature map.
+    dim: int = 16
+    #: 3x3 conv + LeakyReLU layers of the shared encoder stem, after the subband embedding.
+    encoder_blocks: int = 1
+    #: Dilation of the base branch's 3x3 convolution (a wider, smoother view).
+    base_dilation: int = 2
+    #: Channel reduction of the base branch's global channel attention.
+    base_reduction: int = 4
+    #: Invertible coupling steps of the detail branch (each: two 3x3 convs on channel halves).
+    detail_nodes: int = 2
+    #: 3x3 conv + LeakyReLU layers of the decoder, the first one merging base and detail.
+    decoder_blocks: int = 2
+    #: Negative slope of every LeakyReLU.
+    negative_slope: float = 0.1
+
+    def __post_init__(self) -> None:
+        """Check types and ranges.
+
+        :raises TypeError: a field has the wrong type.
+        :raises ValueError: a value is out of range.
+        """
+        _check_field_types(self)
+        for name in ('in_channels', 'dim', 'base_dilation', 'base_reduction', 'decoder_blocks'):
+            if getattr(self, name) <= 0:
+                raise ValueError(f'SFDFuseLiteConfig.{name} must be > 0, '
+                                 f'got {getattr(self, name)!r}')
+        for name in ('encoder_blocks', 'detail_nodes'):
+            if getattr(self, name) < 0:
+                raise ValueError(f'SFDFuseLiteConfig.{name} must be >= 0, '
+                                 f'got {getattr(self, name)!r}')
+        if self.dim % 2:
+            raise ValueError(f'SFDFuseLiteConfig.dim must be even (the detail coupling splits it '
+                             f'in two halves), got {self.dim}')
+        if self.dim // self.base_reduction < 1:
+            raise ValueError(f'SFDFuseLiteConfig.base_reduction ({self.base_reduction}) must not '
+                             f'exceed dim ({self.dim})')
+        if not 0.0 <= self.negative_slope < 1.0:
+            raise ValueError('SFDFuseLiteConfig.negative_slope must be in [0, 1), '
+                             f'got {self.negative_slope!r}')
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as a plain dict (JSON/YAML friendly).
+
+        :return: ``{field name: value}`` for every field.
+        """
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> 'SFDFuseLiteConfig':
+        """Build a configuration from a mapping; missing keys keep their defaults.
+
+        :param values: field names to values, e.g. the output of :meth:`to_dict`.
+        :return: the configuration.
+        :raises TypeError: ``values`` is not a mapping, or a value has the wrong type.
+        :raises ValueError: ``values`` holds keys that are not fields, or a value is invalid.
+        """
+        return _from_dict(cls, values)

@@ -22,7 +22,7 @@ from sfdfuse_core.model.blocks import (CGAFusion, ConvFormerBlock, DEConv, DualG
                                        FeatureInteractionBlock, HaarDWT, INNNode,
                                        LiteTransformerBlock, RestormerBlock, ShuffleGatedFFN)
 
-__all__ = ['DetailBranch', 'SFDFuseEncoder', 'SFDFuseDecoder', 'SFDFuse', 'build_model']
+__all__ = ['DetailBranch', 'SFDFuseEncoder', 'SFDFuseDecoder', 'SFDFuse']
 
 
 def _transformer_stage(config: SFDFuseConfig, restormer_blocks: int,
@@ -340,12 +340,3 @@ class SFDFuse(nn.Module):
             parent = self.get_submodule(parent_name)
             setattr(parent, child_name, self.get_submodule(name).to_conv())
         return self
-
-
-def build_model(config: SFDFuseConfig | None = None) -> SFDFuse:
-    """Build an :class:`SFDFuse` network (randomly initialised).
-
-    :param config: sizes; ``None`` gives the published ones.
-    :return: the network, in training mode, on the CPU.
-    """
-    return SFDFuse(config)

@@ -15,6 +15,7 @@ from typing import Any, Dict, Iterable, Mapping, Optional, Union
 import yaml
 
 from sfdfuse_core.config import SFDFuseConfig
+from sfdfuse_core.model.registry import NetworkConfig, config_for, network_of, network_spec
 from sfdfuse_core.train.losses import LossWeights
 
 __all__ = ['ConfigError', 'TrainConfig', 'RUNTIME_KEYS', 'load_config', 'save_config',
@@ -89,8 +90,10 @@ class TrainConfig:
     log_every: int = 10
     #: Show tqdm progress bars.
     progress: bool = True
-    #: Network sizes.
-    model: SFDFuseConfig = field(default_factory=SFDFuseConfig)
+    #: The network to train: ``sfdfuse`` (published) or ``sfdfuse-lite`` (compact, for CPUs).
+    network: str = 'sfdfuse'
+    #: Network sizes: the config of ``network`` (``SFDFuseConfig`` / ``SFDFuseLiteConfig``).
+    model: NetworkConfig = field(default_factory=SFDFuseConfig)
     #: Loss weights.
     loss: LossWeights = field(default_factory=LossWeights)
 
@@ -103,8 +106,18 @@ class TrainConfig:
             if f.name in ('model', 'loss'):
                 continue
             _check_type(f.name, getattr(self, f.name), f.type)
-        if not isinstance(self.model, SFDFuseConfig):
-            raise ConfigError(f'model must be an SFDFuseConfig, got {type(self.model).__name__}')
+        try:
+            spec = network_spec(self.network)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        if not isinstance(self.model, spec.config_class):
+            got = type(self.model).__name__
+            try:
+                got = f'{got} (the config of {network_of(self.model)})'
+            except TypeError:
+                pass
+            raise ConfigError(f'model must be a {spec.config_class.__name__} for network '
+                              f'{self.network!r}, got {got}')
         if not isinstance(self.loss, LossWeights):
             raise ConfigError(f'loss must be a LossWeights, got {type(self.loss).__name__}')
         for name in ('phase1_epochs', 'phase2_epochs', 'max_steps_per_epoch', 'stop_after_steps',
@@ -182,9 +195,17 @@ def config_from_dict(values: Mapping[str, Any]) -> TrainConfig:
     for key in kwargs:
         kwargs[key] = _coerce(kwargs[key], types[key])
     try:
-        if 'model' in kwargs:
-            model = kwargs['model'] or {}
-            kwargs['model'] = SFDFuseConfig.from_dict(model)
+        network = kwargs.get('network', 'sfdfuse')
+        if not isinstance(network, str):
+            raise ConfigError(f'network must be str, got {network!r}')
+        try:
+            network_spec(network)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+        model = kwargs.get('model') or {}
+        if not isinstance(model, Mapping):
+            raise ConfigError(f'model must be a mapping, got {type(model).__name__}')
+        kwargs['model'] = config_for(network, model)
         if 'loss' in kwargs:
             loss = kwargs['loss'] or {}
             if not isinstance(loss, Mapping):

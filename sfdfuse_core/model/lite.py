@@ -1,0 +1,340 @@
+"""SFDFuse-Lite: the compact, CPU-rate member of the SFDFuse family.
+
+It keeps the ideas of SFDFuse (Zhang et al.; ``zxp771/SFDFuse``) and of CDDFuse (Zhao et al.,
+"CDDFuse: Correlation-Driven Dual-Branch Feature Decomposition for Multi-Modality Image Fusion",
+CVPR 2023) and spends its arithmetic where a CPU can afford it:
+
+* a fixed, orthonormal Haar wavelet splits each image into its four subbands (LL, LH, HL, HH)
+  at half resolution, and **all** learned work happens there (a quarter of the pixels); the
+  inverse transform brings the result back to full resolution, losslessly;
+* a shared encoder gives each modality **base** features (a dilated view plus a global channel
+  attention: low-frequency, scene-level content that the two modalities share) and **detail**
+  features (invertible coupling steps over the two channel halves, as CDDFuse's INN branch);
+  the correlation-driven decomposition loss trains them apart, as for the full network;
+* the modalities **interact** in two fusion layers: the base features are merged by a
+  convolution over both, the detail features by a per-pixel, per-channel gate computed from
+  both (which modality's detail wins where);
+* the decoder merges base and detail, predicts the four subbands of a correction, and adds it
+  to the **visible input** after the inverse Haar transform.
+
+At 640x512 the network costs about 6 GFLOP and 37.6 k parameters
+(``sfdfuse_core.inference.cost.model_cost``); the full SFDFuse network costs 1.7 TFLOP.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+from sfdfuse_core.config import SFDFuseLiteConfig
+from sfdfuse_core.model.blocks import HaarDWT, haar_idwt
+
+__all__ = ['ConvAct', 'GlobalChannelGate', 'DetailCoupling', 'LiteEncoder', 'BaseFusion',
+           'DetailFusion', 'LiteDecoder', 'SFDFuseLite']
+
+
+class ConvAct(nn.Module):
+    """A ``k x k`` convolution followed by a LeakyReLU (``'same'`` zero padding).
+
+    :param in_channels: input channels.
+    :param out_channels: output channels.
+    :param negative_slope: LeakyReLU slope.
+    :param kernel_size: odd kernel side.
+    :param dilation: dilation of the kernel.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, negative_slope: float,
+                 kernel_size: int = 3, dilation: int = 1) -> None:
+        """Create the layer; see the class docstring."""
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
+                              padding=dilation * (kernel_size // 2), dilation=dilation)
+        self.act = nn.LeakyReLU(negative_slope)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the layer: ``(B, in, H, W) -> (B, out, H, W)``."""
+        return self.act(self.conv(x))
+
+
+class GlobalChannelGate(nn.Module):
+    """Squeeze-and-excitation: scale each channel by a gate computed from the global mean.
+
+    :param channels: feature channels.
+    :param reduction: hidden width is ``channels // reduction``.
+    """
+
+    def __init__(self, channels: int, reduction: int) -> None:
+        """Create the two 1x1 layers; see the class docstring."""
+        super().__init__()
+        hidden = max(1, channels // reduction)
+        self.reduce = nn.Conv2d(channels, hidden, 1)
+        self.expand = nn.Conv2d(hidden, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Gate ``x`` ``(B, C, H, W)`` by ``sigmoid(MLP(mean_HW(x)))``."""
+        context = x.mean(dim=(2, 3), keepdim=True)  # (B, C, 1, 1)
+        return x * torch.sigmoid(self.expand(F.relu(self.reduce(context))))
+
+
+class DetailCoupling(nn.Module):
+    """Additive invertible coupling steps over the two channel halves (CDDFuse's INN idea).
+
+    Step ``k`` updates one half from the other: ``z2 += f(z1)``, then ``z1 += g(z2)``.
+
+    :param dim: feature channels (even).
+    :param nodes: coupling steps.
+    :param negative_slope: LeakyReLU slope of ``f`` and ``g``.
+    """
+
+    def __init__(self, dim: int, nodes: int, negative_slope: float) -> None:
+        """Create the steps; see the class docstring."""
+        super().__init__()
+        half = dim // 2
+        self.f = nn.ModuleList(ConvAct(half, half, negative_slope) for _ in range(nodes))
+        self.g = nn.ModuleList(ConvAct(half, half, negative_slope) for _ in range(nodes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Apply the coupling: ``(B, dim, H, W) -> (B, dim, H, W)``."""
+        z1, z2 = x.chunk(2, dim=1)  # each (B, dim/2, H, W)
+        for f, g in zip(self.f, self.g):
+            z2 = z2 + f(z1)
+            z1 = z1 + g(z2)
+        return torch.cat([z1, z2], dim=1)
+
+
+class LiteEncoder(nn.Module):
+    """Shared encoder: subbands -> stem -> (base, detail) features, all at half resolution.
+
+    :param config: network configuration.
+    """
+
+    def __init__(self, config: SFDFuseLiteConfig) -> None:
+        """Create the encoder; see the class docstring."""
+        super().__init__()
+        dim, slope = config.dim, config.negative_slope
+        self.dwt = HaarDWT()
+        self.embed = ConvAct(4 * config.in_channels, dim, slope)
+        self.stem = nn.Sequential(*[ConvAct(dim, dim, slope)
+                                    for _ in range(config.encoder_blocks)])
+        self.base = nn.Sequential(ConvAct(dim, dim, slope, dilation=config.base_dilation),
+                                  GlobalChannelGate(dim, config.base_reduction))
+        self.detail = nn.Sequential(ConvAct(dim, dim, slope),
+                                    DetailCoupling(dim, config.detail_nodes, slope))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode images ``(B, in_channels, H, W)``, ``H`` and ``W`` even.
+
+        :return: ``(base, detail)``, each ``(B, dim, H/2, W/2)``.
+        """
+        bands = self.dwt(x).flatten(1, 2)  # (B, 4 * in_channels, H/2, W/2)
+        features = self.stem(self.embed(bands))
+        return self.base(features), self.detail(features)
+
+
+class BaseFusion(nn.Module):
+    """Merge the two modalities' base features: 1x1 over both, then a 3x3.
+
+    :param config: network configuration.
+    """
+
+    def __init__(self, config: SFDFuseLiteConfig) -> None:
+        """Create the layers; see the class docstring."""
+        super().__init__()
+        dim, slope = config.dim, config.negative_slope
+        self.body = nn.Sequential(ConvAct(2 * dim, dim, slope, kernel_size=1),
+                                  ConvAct(dim, dim, slope))
+
+    def forward(self, base_v: torch.Tensor, base_i: torch.Tensor) -> torch.Tensor:
+        """Fuse ``(B, dim, h, w)`` visible and infrared base features into one such map."""
+        return self.body(torch.cat([base_v, base_i], dim=1))
+
+
+class DetailFusion(nn.Module):
+    """Gate between the two modalities' detail features, per pixel and channel, then refine.
+
+    ``fused = d_i + sigmoid(conv([d_v, d_i])) * (d_v - d_i)``.
+
+    :param config: network configuration.
+    """
+
+    def __init__(self, config: SFDFuseLiteConfig) -> None:
+        """Create the layers; see the class docstring."""
+        super().__init__()
+        dim, slope = config.dim, config.negative_slope
+        self.gate = nn.Conv2d(2 * dim, dim, 3, padding=1)
+        self.refine = ConvAct(dim, dim, slope)
+
+    def forward(self, detail_v: torch.Tensor, detail_i: torch.Tensor) -> torch.Tensor:
+        """Fuse ``(B, dim, h, w)`` visible and infrared detail features into one such map."""
+        gate = torch.sigmoid(self.gate(torch.cat([detail_v, detail_i], dim=1)))
+        return self.refine(detail_i + gate * (detail_v - detail_i))
+
+
+class LiteDecoder(nn.Module):
+    """Base + detail -> subbands of a correction -> inverse Haar -> plus the visible input.
+
+    :param config: network configuration.
+    """
+
+    def __init__(self, config: SFDFuseLiteConfig) -> None:
+        """Create the decoder; see the class docstring."""
+        super().__init__()
+        dim, slope = config.dim, config.negative_slope
+        layers = [ConvAct(2 * dim, dim, slope)]
+        layers += [ConvAct(dim, dim, slope) for _ in range(config.decoder_blocks - 1)]
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Conv2d(dim, 4 * config.in_channels, 3, padding=1)
+        self.dwt = HaarDWT()  # its filters are also the synthesis filters (orthonormal)
+
+    def forward(self, vi: torch.Tensor, base: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+        """Decode.
+
+        :param vi: the visible image (in reconstruction: the encoded image) ``(B, C, H, W)``.
+        :param base: ``(B, dim, H/2, W/2)``.
+        :param detail: ``(B, dim, H/2, W/2)``.
+        :return: ``(B, C, H, W)``: ``vi`` plus the decoded correction; clamped to ``[0, 1]``
+            in eval mode (in training mode unclamped, so that every pixel has a gradient).
+        """
+        bands = self.head(self.body(torch.cat([base, detail], dim=1)))  # (B, 4C, H/2, W/2)
+        b, _, h, w = bands.shape
+        correction = haar_idwt(bands.reshape(b, -1, 4, h, w),
+                               self.dwt.filters.to(bands.dtype))  # (B, C, H, W)
+        out = vi + correction
+        return out if self.training else out.clamp(0.0, 1.0)
+
+
+class SFDFuseLite(nn.Module):
+    """The compact SFDFuse: encoder, base/detail fusion layers and decoder in one module.
+
+    The same interface as :class:`sfdfuse_core.model.SFDFuse` (``encode``, ``fuse_features``,
+    ``decode``, ``forward(vi, ir)`` for any size), so that training, the engine, ONNX export
+    and the node run either network.
+
+    :param config: sizes; ``None`` gives the shipped ones.
+    """
+
+    #: ``H`` and ``W`` given to :meth:`encode` / :meth:`decode` must be multiples of this.
+    size_multiple = HaarDWT.size_multiple
+    #: Smallest ``H`` and ``W`` for :meth:`encode` / :meth:`decode`.
+    min_size = 2
+
+    def __init__(self, config: SFDFuseLiteConfig | None = None) -> None:
+        """Build the network; see the class docstring.
+
+        :raises TypeError: ``config`` is not an :class:`SFDFuseLiteConfig`.
+        """
+        super().__init__()
+        config = SFDFuseLiteConfig() if config is None else config
+        if not isinstance(config, SFDFuseLiteConfig):
+            raise TypeError(f'config must be an SFDFuseLiteConfig, got {type(config).__name__}')
+        self.config = config
+        self.encoder = LiteEncoder(config)
+        self.base_fusion = BaseFusion(config)
+        self.detail_fusion = DetailFusion(config)
+        self.decoder = LiteDecoder(config)
+
+    def _check_image(self, name: str, x: torch.Tensor, aligned: bool) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
+        if not x.is_floating_point():
+            raise TypeError(f'{name} must be a floating-point tensor in [0, 1], got {x.dtype}')
+        channels = self.config.in_channels
+        if x.ndim != 4 or x.shape[1] != channels:
+            raise ValueError(f'{name} must have shape (B, {channels}, H, W), '
+                             f'got {tuple(x.shape)}')
+        if x.numel() == 0:
+            raise ValueError(f'{name} is empty: shape {tuple(x.shape)}')
+        if aligned and (x.shape[-2] % 2 or x.shape[-1] % 2):
+            raise ValueError(f'{name}: H and W must be even (forward pads for you), '
+                             f'got {tuple(x.shape)}')
+
+    def _feature_shape(self, image: torch.Tensor) -> tuple[int, int, int, int]:
+        return (image.shape[0], self.config.dim, image.shape[2] // 2, image.shape[3] // 2)
+
+    def _check_features(self, **features: torch.Tensor) -> tuple[int, ...]:
+        shape = None
+        for name, x in features.items():
+            if not isinstance(x, torch.Tensor):
+                raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
+            if x.ndim != 4 or x.shape[1] != self.config.dim or (
+                    shape is not None and tuple(x.shape) != shape):
+                want = shape or f'(B, {self.config.dim}, h, w)'
+                raise ValueError(f'{name} must have shape {want}, got {tuple(x.shape)}')
+            shape = tuple(x.shape)
+        return shape
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encode one modality into base and detail features.
+
+        :param x: ``(B, C, H, W)`` float in ``[0, 1]``, ``H`` and ``W`` even.
+        :return: ``(base, detail)``, each ``(B, dim, H/2, W/2)``.
+        :raises TypeError: not a floating-point tensor.
+        :raises ValueError: wrong shape or odd size.
+        """
+        self._check_image('x', x, aligned=True)
+        return self.encoder(x)
+
+    def fuse_features(self, base_v: torch.Tensor, detail_v: torch.Tensor, base_i: torch.Tensor,
+                      detail_i: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Fuse visible and infrared features with the two fusion layers.
+
+        :param base_v: visible base features ``(B, dim, h, w)``.
+        :param detail_v: visible detail features, same shape.
+        :param base_i: infrared base features, same shape.
+        :param detail_i: infrared detail features, same shape.
+        :return: fused ``(base, detail)``, each ``(B, dim, h, w)``.
+        :raises ValueError: the shapes differ or are not ``(B, dim, h, w)``.
+        """
+        self._check_features(base_v=base_v, detail_v=detail_v, base_i=base_i, detail_i=detail_i)
+        return self.base_fusion(base_v, base_i), self.detail_fusion(detail_v, detail_i)
+
+    def decode(self, vi: torch.Tensor, base: torch.Tensor, detail: torch.Tensor) -> torch.Tensor:
+        """Decode features into an image and add ``vi``.
+
+        :param vi: ``(B, C, H, W)`` float in ``[0, 1]``, ``H`` and ``W`` even.
+        :param base: ``(B, dim, H/2, W/2)``.
+        :param detail: same shape as ``base``.
+        :return: ``(B, C, H, W)`` (in ``[0, 1]`` in eval mode).
+        :raises ValueError: wrong or mismatched shapes.
+        :raises TypeError: ``vi`` is not a floating-point tensor.
+        """
+        self._check_image('vi', vi, aligned=True)
+        shape = self._check_features(base=base, detail=detail)
+        if shape != self._feature_shape(vi):
+            raise ValueError(f'base and detail must have shape {self._feature_shape(vi)} for vi '
+                             f'of shape {tuple(vi.shape)}, got {shape}')
+        return self.decoder(vi, base, detail)
+
+    def forward(self, vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        """Fuse a visible and an infrared image of any size.
+
+        Pads bottom/right by one row/column where a size is odd (replicate), encodes both
+        images in one batch, fuses, decodes and crops back to the input size.
+
+        :param vi: visible (luminance) ``(B, C, H, W)`` float in ``[0, 1]``, ``H, W >= 1``.
+        :param ir: infrared, same shape as ``vi``.
+        :return: fused ``(B, C, H, W)`` (in ``[0, 1]`` in eval mode).
+        :raises ValueError: wrong shapes, empty inputs, or ``vi`` and ``ir`` shapes differ.
+        :raises TypeError: inputs are not floating-point tensors.
+        """
+        self._check_image('vi', vi, aligned=False)
+        self._check_image('ir', ir, aligned=False)
+        if vi.shape != ir.shape:
+            raise ValueError(f'vi and ir must have the same shape, got {tuple(vi.shape)} and '
+                             f'{tuple(ir.shape)}')
+        batch, _, h, w = vi.shape
+        both = torch.cat([vi, ir], dim=0)  # (2B, C, H, W)
+        if h % 2 or w % 2:
+            both = F.pad(both, (0, w % 2, 0, h % 2), mode='replicate')  # (2B, C, H', W')
+        base, detail = self.encoder(both)  # each (2B, dim, H'/2, W'/2)
+        base_f = self.base_fusion(base[:batch], base[batch:])
+        detail_f = self.detail_fusion(detail[:batch], detail[batch:])
+        fused = self.decoder(both[:batch], base_f, detail_f)  # (B, C, H', W')
+        return fused[:, :, :h, :w]
+
+    def fold_deconv(self) -> 'SFDFuseLite':
+        """Do nothing (the network has no difference convolutions); for the engine's interface.
+
+        :return: ``self``.
+        """
+        return self
