@@ -35,8 +35,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from sfdfuse_core.color import bgr_to_ycbcr, ycbcr_to_bgr
-from sfdfuse_core.imageio import is_gray_color
+from sfdfuse_core.color import ycbcr_to_bgr
+from sfdfuse_core.device import resolve_device
+from sfdfuse_core.inference.engine import FusionEngine
+from sfdfuse_core.inputs import (FusionInputError, check_image, gray_plane, split_luma, to_uint8,
+                                 unit_float, validate_pair)
+from sfdfuse_core.model.registry import network_of
 from sfdfuse_core.weights import WeightsNotFoundError, load_model
 
 __all__ = ['METHODS', 'FusionInputError', 'Fuser', 'fuse_images', 'resolve_device',
@@ -44,118 +48,6 @@ __all__ = ['METHODS', 'FusionInputError', 'Fuser', 'fuse_images', 'resolve_devic
 
 #: Fusion methods: the network and the two classic baselines.
 METHODS = ('sfdfuse', 'mean', 'max')
-
-_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
-# OpenCV's BGR->GRAY weights (the same as the Y of BT.601).
-_GRAY_B, _GRAY_G, _GRAY_R = 0.114, 0.587, 0.299
-
-
-class FusionInputError(ValueError):
-    """An input image has the wrong type, shape, dtype, size or values."""
-
-
-def _check_image(img: np.ndarray, name: str) -> None:
-    """Check one input image; see the module docstring for what is accepted."""
-    if not isinstance(img, np.ndarray):
-        raise FusionInputError(f'{name} must be a numpy array, got {type(img).__name__}')
-    if not (img.ndim == 2 or (img.ndim == 3 and img.shape[2] == 3)):
-        raise FusionInputError(f'{name} must have shape (H, W) or (H, W, 3), got {img.shape}')
-    if img.shape[0] == 0 or img.shape[1] == 0:
-        raise FusionInputError(f'{name} is empty: shape {img.shape}')
-    if img.dtype == np.uint8:
-        return
-    if img.dtype == np.uint16:
-        raise FusionInputError(
-            f'{name} is uint16: map it to 8 bit first (e.g. sfdfuse_core.thermal for raw '
-            'thermal counts); accepted dtypes are uint8 and float32/float64 in [0, 1]')
-    if img.dtype not in _FLOATS:
-        raise FusionInputError(f'{name} has dtype {img.dtype}; accepted dtypes are uint8 and '
-                               'float32/float64 in [0, 1]')
-    if not np.isfinite(img).all():
-        raise FusionInputError(f'{name} holds {int(np.count_nonzero(~np.isfinite(img)))} '
-                               'non-finite values (NaN or inf)')
-    low, high = float(img.min()), float(img.max())
-    if low < 0.0 or high > 1.0:
-        raise FusionInputError(f'{name} is {img.dtype} with values in [{low:g}, {high:g}]; '
-                               'float images must lie in [0, 1]')
-
-
-def validate_pair(vi: np.ndarray, ir: np.ndarray) -> None:
-    """Check that a visible and an infrared image can be fused.
-
-    :param vi: visible image, ``(H, W)`` gray or ``(H, W, 3)`` BGR; uint8, or float32/float64 in
-        ``[0, 1]``.
-    :param ir: infrared image, ``(H, W)`` or ``(H, W, 3)`` (converted to gray); same dtypes.
-    :raises FusionInputError: an array is not a numpy array, has another shape or dtype, is empty,
-        holds NaN/inf or float values outside ``[0, 1]``, or the two sizes differ.
-    """
-    _check_image(vi, 'visible image')
-    _check_image(ir, 'infrared image')
-    if vi.shape[:2] != ir.shape[:2]:
-        raise FusionInputError(f'visible and infrared images differ in size: visible '
-                               f'{vi.shape[1]}x{vi.shape[0]}, infrared '
-                               f'{ir.shape[1]}x{ir.shape[0]} (W x H); align them first')
-
-
-def _gray(img: np.ndarray) -> np.ndarray:
-    """Convert a checked ``(H, W)`` / ``(H, W, 3)`` image to gray with OpenCV's weights."""
-    if img.ndim == 2:
-        return img
-    if img.dtype == np.uint8:
-        import cv2
-        return cv2.cvtColor(np.ascontiguousarray(img), cv2.COLOR_BGR2GRAY)
-    dtype = img.dtype.type
-    return (dtype(_GRAY_B) * img[:, :, 0] + dtype(_GRAY_G) * img[:, :, 1]
-            + dtype(_GRAY_R) * img[:, :, 2])
-
-
-def _unit(plane: np.ndarray) -> np.ndarray:
-    """uint8 0..255 -> float32 [0, 1]; floats -> float32."""
-    if plane.dtype == np.uint8:
-        return plane.astype(np.float32) / np.float32(255.0)
-    return plane.astype(np.float32)
-
-
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    """Float ``[0, 1]`` -> uint8, rounded to nearest and clipped (no min-max stretch)."""
-    return np.clip(np.rint(img * 255.0), 0, 255).astype(np.uint8)
-
-
-def resolve_device(device: Union[str, torch.device]) -> torch.device:
-    """Turn a device name into a ``torch.device``, checking that it exists.
-
-    :param device: ``'auto'`` (CUDA when available, else CPU), ``'cpu'``, ``'cuda'``, ``'cuda:N'``
-        or a ``torch.device``.
-    :return: the device.
-    :raises TypeError: ``device`` is neither a string nor a ``torch.device``.
-    :raises ValueError: the name is unknown, or CUDA is asked for but not available.
-    """
-    if isinstance(device, torch.device):
-        dev = device
-    elif isinstance(device, str):
-        name = device.strip().lower()
-        if name == 'auto':
-            return torch.device('cuda' if torch.cuda.is_available() else 'cpu')
-        try:
-            dev = torch.device(name)
-        except RuntimeError as exc:
-            raise ValueError(f"unknown device {device!r}; expected 'auto', 'cpu', 'cuda' or "
-                             "'cuda:N'") from exc
-    else:
-        raise TypeError(f'device must be a string or torch.device, got {type(device).__name__}')
-    if dev.type not in ('cpu', 'cuda'):
-        raise ValueError(f"unsupported device {str(dev)!r}; expected 'auto', 'cpu', 'cuda' or "
-                         "'cuda:N'")
-    if dev.type == 'cuda':
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {str(dev)!r} requested but CUDA is not available (torch "
-                             f"{torch.__version__}, CUDA build: {torch.version.cuda}); use 'cpu' "
-                             "or 'auto'")
-        count = torch.cuda.device_count()
-        if dev.index is not None and dev.index >= count:
-            raise ValueError(f'device {str(dev)!r} requested but only {count} CUDA device(s) '
-                             'are visible')
-    return dev
 
 
 class Fuser:
@@ -167,8 +59,10 @@ class Fuser:
     conversion, network and 8-bit rounding on the device, compiled on a GPU.
 
     :param method: one of :data:`METHODS`.
-    :param weights: weights file or checkpoint for ``'sfdfuse'``; ``None`` loads the shipped
-        weights (:func:`sfdfuse_core.weights.default_weights_path`). Ignored by ``mean``/``max``.
+    :param weights: weights file, checkpoint or shipped network name (``sfdfuse-lite``,
+        ``sfdfuse``) for ``'sfdfuse'``; ``None`` loads the device's default shipped weights
+        (:func:`sfdfuse_core.weights.default_weights_path`: the compact network on the CPU).
+        Ignored by ``mean``/``max``.
     :param device: ``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'`` or a ``torch.device``.
     :param model: an already built network to use instead of loading ``weights``. The Fuser
         takes it over: it is moved to ``device``, put in eval mode and folded in place
@@ -197,6 +91,10 @@ class Fuser:
         self.device = resolve_device(device)
         self.model: Optional[nn.Module] = None
         self.engine = None
+        #: Network name (``sfdfuse``, ``sfdfuse-lite``) for ``'sfdfuse'``, else ``None``.
+        self.network: Optional[str] = None
+        #: The weights file the network was loaded from (``None``: a given model, or a baseline).
+        self.weights_path: Optional[str] = None
         if method != 'sfdfuse':
             return
         if model is not None:
@@ -214,7 +112,8 @@ class Fuser:
                     f"{exc}. Pass a weights file (weights=PATH, or --weights PATH on the command "
                     "line) or use a baseline that needs none (method 'mean' or 'max', "
                     '--method mean)') from exc
-        from sfdfuse_core.inference import FusionEngine
+        self.network = network_of(model)
+        self.weights_path = getattr(model, 'weights_path', None)
         self.engine = FusionEngine(model=model, device=self.device, precision=precision,
                                    compile=compile, warmup_shapes=warmup_shapes)
         self.model = self.engine.model
@@ -234,13 +133,13 @@ class Fuser:
         :raises RuntimeError: the network returns another shape or non-finite values.
         """
         for plane, name in ((y, 'visible luminance'), (ir, 'infrared image')):
-            _check_image(plane, name)
+            check_image(plane, name)
             if plane.ndim != 2:
                 raise FusionInputError(f'{name} must be a (H, W) plane, got {plane.shape}')
         if y.shape != ir.shape:
             raise FusionInputError(f'visible luminance {y.shape} and infrared {ir.shape} differ '
                                    'in size')
-        y_f, ir_f = _unit(y), _unit(ir)
+        y_f, ir_f = unit_float(y), unit_float(ir)
         if self.method == 'mean':
             return (y_f + ir_f) * np.float32(0.5)
         if self.method == 'max':
@@ -270,7 +169,7 @@ class Fuser:
         if self.engine is not None:
             return self.engine._fuse_checked(vi, ir)
         y, chroma = split_luma(vi)
-        ir_gray = _gray(ir)
+        ir_gray = gray_plane(ir)
         if y.dtype == np.uint8 and ir_gray.dtype == np.uint8:
             # 8-bit baselines in exact arithmetic: round((Y + I) / 2) half to even, as the
             # published evaluation's baseline rows (float32 in [0, 1] would make .5 a coin toss).
@@ -282,12 +181,12 @@ class Fuser:
                 return fused_u8 if chroma is None else ycbcr_to_bgr(fused_u8, *chroma)
         fused = self.fuse_luma(y, ir_gray)
         if chroma is None:
-            return _to_uint8(fused)
+            return to_uint8(fused)
         cb, cr = chroma
         if vi.dtype == np.uint8:
             # The protocol's path: 8-bit fused Y + the visible image's 8-bit chroma, OpenCV back.
-            return ycbcr_to_bgr(_to_uint8(fused), cb, cr)
-        return _to_uint8(ycbcr_to_bgr(fused.astype(vi.dtype), cb, cr))
+            return ycbcr_to_bgr(to_uint8(fused), cb, cr)
+        return to_uint8(ycbcr_to_bgr(fused.astype(vi.dtype), cb, cr))
 
 
 def fuse_images(vi: np.ndarray, ir: np.ndarray, method: str = 'sfdfuse',
@@ -315,20 +214,3 @@ def fuse_images(vi: np.ndarray, ir: np.ndarray, method: str = 'sfdfuse',
     if method != 'sfdfuse':
         model, device = None, 'cpu'
     return Fuser(method=method, device=device, model=model)(vi, ir)
-
-
-def split_luma(vi: np.ndarray) -> Tuple[np.ndarray, Optional[Tuple[np.ndarray, np.ndarray]]]:
-    """Split a visible image into luminance and chroma the way :class:`Fuser` does.
-
-    :param vi: visible image, ``(H, W)`` or ``(H, W, 3)`` BGR, uint8 or float in ``[0, 1]``.
-    :return: ``(y, (cb, cr))`` for a colour image, ``(y, None)`` for a gray(-looking) one; planes
-        keep the input's dtype.
-    :raises FusionInputError: invalid input.
-    """
-    _check_image(vi, 'visible image')
-    if vi.ndim == 2:
-        return vi, None
-    if is_gray_color(vi):
-        return vi[:, :, 0], None
-    y, cb, cr = bgr_to_ycbcr(vi)
-    return y, (cb, cr)

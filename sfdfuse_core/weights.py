@@ -8,15 +8,26 @@ that the network can be rebuilt from the file alone:
     ``"pt"`` (the safetensors convention for PyTorch tensors).
 ``sfdfuse.format_version``
     version of this layout (:data:`FORMAT_VERSION`); newer files are refused.
+``sfdfuse.network``
+    which network the file holds: a name of :data:`sfdfuse_core.model.registry.NETWORKS`
+    (``sfdfuse``, ``sfdfuse-lite``); files without it (written before the compact network
+    existed) hold ``sfdfuse``.
 ``sfdfuse.config``
-    JSON of :meth:`sfdfuse_core.config.SFDFuseConfig.to_dict`.
+    JSON of that network's config (:meth:`sfdfuse_core.config.SFDFuseConfig.to_dict` or
+    :meth:`sfdfuse_core.config.SFDFuseLiteConfig.to_dict`).
 ``sfdfuse.metadata``
     JSON object of free-form information (training data, steps, metrics, ...).
 ``sfdfuse.core_version``
     the ``sfdfuse_core`` version that wrote the file.
 
 :func:`load_model` also reads a training checkpoint (``.pt`` / ``.pth``: a ``torch.save`` dict with
-the keys ``'model'`` (state dict) and ``'config'`` (config dict)), with ``weights_only=True``.
+the keys ``'model'`` (state dict), ``'config'`` (config dict) and ``'network'`` (name; absent
+in old checkpoints: ``sfdfuse``), with ``weights_only=True``.
+
+Where a file is expected, a shipped network can also be named instead (``sfdfuse-lite``,
+``sfdfuse``: :func:`resolve_weights`); no file at all means the default network of the device
+(:func:`default_network`): the compact network on the CPU, the published one on a GPU once its
+trained weights ship.
 Every problem (missing, truncated or corrupt file, foreign file, keys or shapes that do not match
 the config) raises :class:`WeightsError` naming the file. A checkpoint's zip CRCs are verified
 before it is loaded (``torch.load`` does not); safetensors files carry no checksum.
@@ -28,20 +39,21 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Tuple, Union
 
 import torch
 from torch import nn
 
 from sfdfuse_core import __version__
-from sfdfuse_core.config import SFDFuseConfig
+from sfdfuse_core.device import resolve_device
+from sfdfuse_core.model.registry import (DEFAULT_NETWORK, NETWORKS, NetworkConfig, build_model,
+                                         config_for, network_of,
+                                         shipped_weights_path)
 from sfdfuse_core.fsutil import fsync_dir, zip_problem
 
-if TYPE_CHECKING:  # pragma: no cover
-    from sfdfuse_core.model import SFDFuse
-
-__all__ = ['FORMAT_VERSION', 'WeightsError', 'WeightsNotFoundError', 'default_weights_path',
-           'load_model', 'read_weights_info', 'save_weights']
+__all__ = ['FORMAT_VERSION', 'WeightsError', 'WeightsNotFoundError', 'default_network',
+           'default_weights_path', 'resolve_weights', 'load_model', 'read_weights_info',
+           'save_weights']
 
 #: Version of the metadata layout written by :func:`save_weights`.
 FORMAT_VERSION = 1
@@ -52,6 +64,7 @@ CHECKPOINT_SUFFIXES = ('.pt', '.pth')
 
 _KEY_FORMAT_VERSION = 'sfdfuse.format_version'
 _KEY_CONFIG = 'sfdfuse.config'
+_KEY_NETWORK = 'sfdfuse.network'
 _KEY_METADATA = 'sfdfuse.metadata'
 _KEY_CORE_VERSION = 'sfdfuse.core_version'
 # safetensors refuses headers above 100 MB; a larger length means a foreign or damaged file.
@@ -71,12 +84,47 @@ class WeightsNotFoundError(WeightsError):
     """The weights file does not exist (e.g. the shipped weights are not installed yet)."""
 
 
-def default_weights_path() -> Path:
-    """Return where the shipped weights live: ``sfdfuse_core/weights/sfdfuse_ivf.safetensors``.
+def default_network(device: Union[str, torch.device, None] = None) -> str:
+    """Name the network a device runs when no weights are given.
 
-    :return: the path inside the installed package (the file may not exist yet).
+    On a GPU the published network, when its trained weights are installed
+    (``sfdfuse_ivf.safetensors``); everywhere else the compact one (``sfdfuse-lite``), which
+    fuses at camera rate on a CPU.
+
+    :param device: ``'cpu'``, ``'cuda'``, ``'auto'``, a ``torch.device`` or ``None`` (``'auto'``).
+    :return: a network name.
+    :raises ValueError: an unknown or unavailable device.
     """
-    return Path(__file__).resolve().parent / 'weights' / 'sfdfuse_ivf.safetensors'
+    dev = resolve_device('auto' if device is None else device)
+    if dev.type == 'cuda' and shipped_weights_path('sfdfuse').is_file():
+        return 'sfdfuse'
+    return 'sfdfuse-lite'
+
+
+def default_weights_path(device: Union[str, torch.device, None] = None) -> Path:
+    """Return the shipped weights file used when none is given (see :func:`default_network`).
+
+    :param device: the device the model will run on (``None``: ``'auto'``).
+    :return: the path inside the installed package (``sfdfuse_core/weights/``).
+    """
+    return shipped_weights_path(default_network(device))
+
+
+def resolve_weights(weights: Optional[PathLike] = None,
+                    device: Union[str, torch.device, None] = None) -> Path:
+    """Turn what a user gave as weights into a file path.
+
+    :param weights: a file path; a network name (``sfdfuse-lite``, ``sfdfuse``: its shipped
+        file); or ``None`` / ``''`` (the device's default, :func:`default_weights_path`).
+    :param device: the device the model will run on (``None``: ``'auto'``).
+    :return: the path (it may not exist; :func:`load_model` says so clearly).
+    """
+    if weights is None or (isinstance(weights, str) and not weights.strip()):
+        return default_weights_path(device)
+    name = str(weights).strip()
+    if name in NETWORKS:
+        return shipped_weights_path(name)
+    return Path(weights)
 
 
 def _short_list(items: list) -> str:
@@ -85,19 +133,26 @@ def _short_list(items: list) -> str:
     return f'[{shown}{f", ... {more} more" if more > 0 else ""}] ({len(items)})'
 
 
-def _config_from(config: Union[SFDFuseConfig, Mapping[str, Any]], where: str) -> SFDFuseConfig:
-    if isinstance(config, SFDFuseConfig):
-        return config
-    if isinstance(config, Mapping):
-        try:
-            return SFDFuseConfig.from_dict(config)
-        except (TypeError, ValueError) as exc:
-            raise WeightsError(f'{where}: invalid model config: {exc}') from exc
-    raise WeightsError(f'{where}: model config must be a mapping, got {type(config).__name__}')
+def _config_from(network: str, config: Union[NetworkConfig, Mapping[str, Any]],
+                 where: str) -> NetworkConfig:
+    try:
+        return config_for(network, config)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f'{where}: invalid {network} model config: {exc}') from exc
+
+
+def _network_from(value: Any, where: str) -> str:
+    if value is None:
+        return DEFAULT_NETWORK
+    if not isinstance(value, str) or value not in NETWORKS:
+        raise WeightsError(f'{where}: unknown network {value!r} (known: '
+                           f'{", ".join(sorted(NETWORKS))}); the file may come from a newer '
+                           'sfdfuse_ros')
+    return value
 
 
 def save_weights(model: nn.Module, path: PathLike,
-                 config: Optional[Union[SFDFuseConfig, Mapping[str, Any]]] = None,
+                 config: Optional[Union[NetworkConfig, Mapping[str, Any]]] = None,
                  metadata: Optional[Mapping[str, Any]] = None) -> Path:
     """Save a model's state dict and config as a safetensors weights file, atomically.
 
@@ -107,7 +162,7 @@ def save_weights(model: nn.Module, path: PathLike,
 
     :param model: the network; its ``state_dict()`` is saved (tensors copied to CPU).
     :param path: destination, ending in ``.safetensors``; missing folders are created.
-    :param config: the config the model was built from (``SFDFuseConfig`` or its dict); when
+    :param config: the config the model was built from (the network's config or its dict); when
         ``None``, ``model.config`` is used.
     :param metadata: free-form JSON-serialisable information (training data, steps, metrics).
     :return: the written path.
@@ -127,11 +182,15 @@ def save_weights(model: nn.Module, path: PathLike,
         if config is None:
             raise ValueError('no config given and the model has no .config attribute')
     try:
-        cfg = _config_from(config, str(path))
+        network = network_of(model)
+    except TypeError:
+        network = network_of(config) if not isinstance(config, Mapping) else DEFAULT_NETWORK
+    try:
+        cfg = _config_from(network, config, str(path))
     except WeightsError as exc:
         raise ValueError(str(exc)) from exc
     model_cfg = getattr(model, 'config', None)
-    if isinstance(model_cfg, SFDFuseConfig) and model_cfg != cfg:
+    if model_cfg is not None and model_cfg != cfg:
         raise ValueError(f'config differs from the model\'s own config: {cfg} vs {model_cfg}')
     if metadata is not None and not isinstance(metadata, Mapping):
         raise TypeError(f'metadata must be a mapping, got {type(metadata).__name__}')
@@ -142,6 +201,7 @@ def save_weights(model: nn.Module, path: PathLike,
     header = {
         'format': 'pt',
         _KEY_FORMAT_VERSION: str(FORMAT_VERSION),
+        _KEY_NETWORK: network,
         _KEY_CONFIG: json.dumps(cfg.to_dict(), sort_keys=True),
         _KEY_METADATA: metadata_json,
         _KEY_CORE_VERSION: __version__,
@@ -149,7 +209,6 @@ def save_weights(model: nn.Module, path: PathLike,
     # clone() breaks storage sharing (tied weights), which safetensors refuses to serialise.
     tensors = {name: tensor.detach().to('cpu').contiguous().clone()
                for name, tensor in model.state_dict().items()}
-    from sfdfuse_core.model import build_model
     try:
         _check_state_matches(path, tensors, build_model(cfg), 'the given config')
     except WeightsError as exc:
@@ -176,10 +235,12 @@ def save_weights(model: nn.Module, path: PathLike,
 
 def _check_exists(path: Path) -> None:
     if not path.exists():
-        if path == default_weights_path():
-            raise WeightsNotFoundError(
-                f'weights file not found: {path} (the shipped SFDFuse weights are not installed; '
-                'train them with `sfdfuse train` or give another weights file)')
+        for spec in NETWORKS.values():
+            if path == shipped_weights_path(spec.name):
+                raise WeightsNotFoundError(
+                    f'weights file not found: {path} (the shipped {spec.name} weights are not '
+                    'installed: train them with `sfdfuse train` (training/README.md) or give '
+                    'another weights file)')
         raise WeightsNotFoundError(f'weights file not found: {path}')
     if not path.is_file():
         raise WeightsError(f'not a weights file (not a regular file): {path}')
@@ -255,9 +316,11 @@ def _read_safetensors(path: Path, with_tensors: bool
     if not isinstance(config, dict):
         raise WeightsError(f'{path}: model config in metadata is not a JSON object: {config!r}')
     entries = {k: v for k, v in header.items() if k != '__metadata__'}
+    network = _network_from(meta.get(_KEY_NETWORK), str(path))
     info = {
         'path': str(path),
         'kind': 'safetensors',
+        'network': network,
         'format_version': version,
         'core_version': meta.get(_KEY_CORE_VERSION),
         'config': config,
@@ -311,9 +374,14 @@ def _read_checkpoint(path: Path) -> Tuple[Dict[str, torch.Tensor], Dict[str, Any
              if k not in ('model', 'config') and isinstance(v, (str, int, float, bool))}
     if isinstance(ckpt.get('metadata'), Mapping):
         extra.update(ckpt['metadata'])
+    network = ckpt.get('network')
+    if network is None and isinstance(ckpt.get('train_config'), Mapping):
+        network = ckpt['train_config'].get('network')
+    network = _network_from(network, str(path))
     info = {
         'path': str(path),
         'kind': 'checkpoint',
+        'network': network,
         'format_version': None,
         'core_version': None,
         'config': dict(config),
@@ -342,12 +410,13 @@ def read_weights_info(path: PathLike) -> Dict[str, Any]:
     """Describe a weights file or checkpoint without building the model.
 
     :param path: ``.safetensors`` weights file or ``.pt``/``.pth`` training checkpoint.
-    :return: ``{'path', 'kind' ('safetensors' | 'checkpoint'), 'format_version', 'core_version',
+    :return: ``{'path', 'kind' ('safetensors' | 'checkpoint'), 'network', 'format_version',
+        'core_version',
         'config' (dict), 'metadata' (dict), 'tensors' (count), 'parameters' (element count),
         'size_bytes'}``.
     :raises WeightsError: the file is missing, truncated, corrupt or not an SFDFuse file.
     """
-    return _read(path, with_tensors=False)[1]
+    return _read(resolve_weights(path, 'cpu'), with_tensors=False)[1]
 
 
 def _check_state_matches(path: Path, state: Mapping[str, torch.Tensor], model: nn.Module,
@@ -371,29 +440,29 @@ def _check_state_matches(path: Path, state: Mapping[str, torch.Tensor], model: n
 
 
 def load_model(path: Optional[PathLike] = None,
-               device: Union[str, torch.device] = 'cpu') -> 'SFDFuse':
-    """Rebuild an SFDFuse network from a weights file (or training checkpoint) alone.
+               device: Union[str, torch.device] = 'cpu') -> nn.Module:
+    """Rebuild a network from a weights file (or training checkpoint) alone.
 
-    :param path: ``.safetensors`` weights file or ``.pt``/``.pth`` checkpoint; ``None`` loads
-        :func:`default_weights_path`.
+    The file says which network it holds (``sfdfuse`` or ``sfdfuse-lite``) and its config.
+
+    :param path: ``.safetensors`` weights file or ``.pt``/``.pth`` checkpoint; a shipped
+        network's name (``sfdfuse-lite``, ``sfdfuse``); ``None``: the device's default
+        (:func:`default_weights_path`).
     :param device: where to put the model (``'cpu'``, ``'cuda'``, ``'cuda:1'``, ``'auto'`` or a
         ``torch.device``).
     :return: the model in eval mode, not folded (call ``fold_deconv()`` for inference).
     :raises WeightsNotFoundError: the file does not exist.
     :raises WeightsError: the file is truncated, corrupt, foreign, or does not match its config.
     """
-    from sfdfuse_core.model import build_model
-
-    path = default_weights_path() if path is None else Path(path)
+    device = resolve_device(device)
+    path = resolve_weights(path, device)
     state, info = _read(path, with_tensors=True)
-    config = _config_from(info['config'], str(path))
+    config = _config_from(info['network'], info['config'], str(path))
     model = build_model(config)
     _check_state_matches(path, state, model)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # e.g. a dtype that cannot be copied into the parameter
         raise WeightsError(f'{path}: cannot load the state dict: {exc}') from exc
-    if isinstance(device, str) and device == 'auto':
-        from sfdfuse_core.fusion import resolve_device
-        device = resolve_device(device)
-    return model.to(torch.device(device)).eval()
+    model.weights_path = str(path)
+    return model.to(device).eval()

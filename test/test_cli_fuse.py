@@ -115,11 +115,12 @@ def test_sfdfuse_with_weights(folders: Dict[str, object], tmp_path: Path,
 
 def test_missing_default_weights(folders: Dict[str, object], tmp_path: Path, monkeypatch,
                                  capsys: pytest.CaptureFixture) -> None:
-    monkeypatch.setattr(weights_module, 'default_weights_path',
-                        lambda: tmp_path / 'none' / 'sfdfuse_ivf.safetensors')
+    missing = tmp_path / 'none' / 'sfdfuse_lite_ivf.safetensors'
+    monkeypatch.setattr(weights_module, 'default_weights_path', lambda device=None: missing)
     assert main(_args(folders, '--device', 'cpu')) == 2
     err = capsys.readouterr().err
-    assert 'no weights file at' in err and '--weights' in err and '--method mean' in err
+    assert 'not found' in err and str(missing) in err
+    assert '--weights' in err and '--method mean' in err
     assert 'Traceback' not in err
     assert not folders['out'].exists()
 

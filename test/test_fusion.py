@@ -296,7 +296,7 @@ def test_sfdfuse_weights_file(tmp_path, tiny_model: torch.nn.Module,
 
 def test_missing_default_weights_says_what_to_do(tmp_path, monkeypatch) -> None:
     missing = tmp_path / 'weights' / 'sfdfuse_ivf.safetensors'
-    monkeypatch.setattr(weights_module, 'default_weights_path', lambda: missing)
+    monkeypatch.setattr(weights_module, 'default_weights_path', lambda device=None: missing)
     with pytest.raises(WeightsNotFoundError) as info:
         Fuser(device='cpu')
     message = str(info.value)

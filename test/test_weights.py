@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import save as safetensors_save
 
-from sfdfuse_core.config import SFDFuseConfig
-from sfdfuse_core.model import SFDFuse, build_model
+from sfdfuse_core.config import SFDFuseConfig, SFDFuseLiteConfig
+from sfdfuse_core.model import SFDFuse, SFDFuseLite, build_model
 from sfdfuse_core.weights import (FORMAT_VERSION, WeightsError, WeightsNotFoundError,
-                                  default_weights_path, load_model, read_weights_info,
+                                  default_network, default_weights_path, load_model,
+                                  read_weights_info, resolve_weights,
                                   save_weights)
 
 TINY = SFDFuseConfig(dim=8, num_heads=2, encoder_restormer_blocks=1, encoder_convformer_blocks=1,
@@ -103,8 +104,38 @@ def test_checkpoint(tmp_path: Path, tiny_model: SFDFuse) -> None:
 
 
 def test_default_weights_path() -> None:
-    path = default_weights_path()
-    assert path.parts[-3:] == ('sfdfuse_core', 'weights', 'sfdfuse_ivf.safetensors')
+    """The CPU default is the compact network's shipped file; names resolve to shipped files."""
+    path = default_weights_path('cpu')
+    assert path.parts[-3:] == ('sfdfuse_core', 'weights', 'sfdfuse_lite_ivf.safetensors')
+    assert default_network('cpu') == 'sfdfuse-lite'
+    assert resolve_weights(None, 'cpu') == path == resolve_weights('', 'cpu')
+    assert resolve_weights('sfdfuse-lite') == path
+    assert resolve_weights('sfdfuse').name == 'sfdfuse_ivf.safetensors'
+    assert resolve_weights('some/file.pt') == Path('some/file.pt')
+
+
+def test_lite_round_trip_names_its_network(tmp_path: Path) -> None:
+    """A compact-network file says which network it holds and rebuilds it from the file alone."""
+    torch.manual_seed(0)
+    lite = SFDFuseLite(SFDFuseLiteConfig(dim=8, detail_nodes=1))
+    path = save_weights(lite, tmp_path / 'lite.safetensors', metadata={'steps': 1})
+    info = read_weights_info(path)
+    assert info['network'] == 'sfdfuse-lite' and info['config']['dim'] == 8
+    model = load_model(path)
+    assert isinstance(model, SFDFuseLite) and model.config == lite.config
+    _same_state(model, lite)
+    ckpt = tmp_path / 'last.pt'
+    torch.save({'model': lite.state_dict(), 'config': lite.config.to_dict(),
+                'network': 'sfdfuse-lite'}, ckpt)
+    assert isinstance(load_model(ckpt), SFDFuseLite)
+
+
+def test_unknown_network_is_named(tmp_path: Path) -> None:
+    """A file naming a network this version does not know fails with the file and the name."""
+    path = tmp_path / 'future.pt'
+    torch.save({'model': {}, 'config': {}, 'network': 'sfdfuse-xl'}, path)
+    with pytest.raises(WeightsError, match=r'future\.pt.*unknown network .sfdfuse-xl'):
+        load_model(path)
 
 
 # ----------------------------------------------------------------------------------------------

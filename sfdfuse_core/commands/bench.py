@@ -13,8 +13,10 @@ against the model's FLOP count (:mod:`sfdfuse_core.inference.cost`). Also the tr
 (phase II, the real loss of :mod:`sfdfuse_core.train.losses`, Adam) eager fp32 vs. fast, and with
 ``--quality-data DIR`` the PSNR and the evaluation metrics of engine vs. eager on real pairs.
 
-Without ``--weights`` the full-size network is randomly initialised (seed 0): speed does not
-depend on weight values. Results go to ``OUT/bench_<cpu|cuda>.json`` and ``.md``.
+Each network of ``--networks`` (default: the compact and the published one, side by side) runs
+with its shipped weights when they are installed, else randomly initialised (seed 0: speed does
+not depend on weight values); ``--weights FILE`` benchmarks the network a file holds instead.
+Results go to ``OUT/bench_<cpu|cuda>.json`` and ``.md``, one section per network.
 """
 import argparse
 import sys
@@ -57,8 +59,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='timed pairs for the eager path (default: --repeats)')
     parser.add_argument('--warmup', type=int, default=3, metavar='N',
                         help='untimed pairs before timing (default: %(default)s)')
-    parser.add_argument('--weights', type=Path, default=None, metavar='PATH',
-                        help='weights file (default: the full-size network, random weights)')
+    parser.add_argument('--networks', default='sfdfuse-lite,sfdfuse', metavar='NAMES',
+                        help='comma-separated networks to benchmark one after the other, each '
+                             'with its shipped weights or random ones (default: %(default)s)')
+    parser.add_argument('--weights', default=None, metavar='PATH|NAME',
+                        help='benchmark the network of this weights file instead of --networks')
     parser.add_argument('--out', type=Path, default=Path('benchmarks/results'), metavar='DIR',
                         help='folder for the JSON and Markdown results (default: %(default)s)')
     parser.add_argument('--quality-data', type=Path, default=None, metavar='DIR',
@@ -108,7 +113,15 @@ def run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
     except ValueError as exc:
         return _error(str(exc))
-    settings = BenchSettings(
+    from sfdfuse_core.model import NETWORKS
+
+    networks = [n.strip() for n in args.networks.split(',') if n.strip()]
+    unknown = [n for n in networks if n not in NETWORKS]
+    if unknown or not networks:
+        return _error(f'--networks: unknown {unknown or networks}; known: {sorted(NETWORKS)}')
+    if args.weights is not None:
+        networks = [None]
+    common = dict(
         device=device, sizes=args.sizes, repeats=args.repeats,
         eager_repeats=args.eager_repeats or args.repeats, warmup=args.warmup,
         weights=args.weights, quality_data=args.quality_data, quality_limit=args.quality_limit,
@@ -117,10 +130,14 @@ def run(args: argparse.Namespace) -> int:
         train_batch=args.train_batch, train_size=args.train_size,
         command=' '.join(['sfdfuse'] + sys.argv[1:]) if sys.argv[1:2] == ['bench']
         else 'sfdfuse bench (called from Python)')
-    try:
-        results = run_benchmark(settings, log=lambda msg: print(msg, file=sys.stderr, flush=True))
-    except (WeightsError, ValueError) as exc:
-        return _error(str(exc))
+    results = []
+    for network in networks:
+        settings = BenchSettings(network=network or 'sfdfuse', **common)
+        try:
+            results.append(run_benchmark(
+                settings, log=lambda msg: print(msg, file=sys.stderr, flush=True)))
+        except (WeightsError, ValueError) as exc:
+            return _error(str(exc))
     json_path, md_path = write_results(results, args.out)
     print(md_path.read_text())
     print(f'wrote {json_path} and {md_path}')

@@ -22,9 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument('--onnx', required=True, type=Path, metavar='PATH',
                         help='output .onnx file')
-    parser.add_argument('--weights', type=Path, default=None, metavar='PATH',
-                        help='weights file (.safetensors) or checkpoint (.pt) (default: the '
-                             'shipped weights)')
+    parser.add_argument('--weights', default=None, metavar='PATH|NAME',
+                        help='weights file (.safetensors), checkpoint (.pt) or shipped network '
+                             '(sfdfuse-lite, sfdfuse) (default: the shipped compact network)')
     parser.add_argument('--opset', type=int, default=17, metavar='N',
                         help='ONNX opset (default: %(default)s)')
     parser.add_argument('--dynamo', action='store_true',
@@ -75,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
     :return: 0 on success, 1 when the check fails, 2 for a usage error.
     """
     from sfdfuse_core.inference.onnx_export import export_onnx
-    from sfdfuse_core.weights import WeightsError, default_weights_path, load_model
+    from sfdfuse_core.model import network_of
+    from sfdfuse_core.weights import WeightsError, load_model
 
     if args.opset < 14:
         return _error(f'--opset must be >= 14, got {args.opset}')
@@ -83,12 +84,12 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.weights, device='cpu').eval()
     except WeightsError as exc:
         if args.weights is None:
-            return _error(f'{exc}; the shipped weights are not at {default_weights_path()}: '
-                          'pass --weights PATH')
+            return _error(f'{exc}; pass --weights PATH')
         return _error(str(exc))
     path = export_onnx(model, args.onnx, opset=args.opset, dynamo=args.dynamo)
-    print(f'wrote {path} (inputs vi, ir: (1, 1, H, W) float32 in [0, 1], H and W even and '
-          '>= 4; output fused)')
+    print(f'wrote {path} from {model.weights_path} ({network_of(model)}; inputs vi, ir: '
+          f'(1, 1, H, W) float32 in [0, 1], H and W multiples of {model.size_multiple} and '
+          f'>= {model.min_size}; output fused)')
     if args.no_check:
         return 0
     diff = check_onnx(model.fold_deconv(), path)

@@ -32,9 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--method', choices=METHOD_CHOICES, default='sfdfuse',
                         help='fusion method: the SFDFuse network or a classic baseline on the '
                              'luminance (default: %(default)s)')
-    parser.add_argument('--weights', type=Path, metavar='PATH', default=None,
-                        help='weights file (.safetensors) or training checkpoint (.pt) for '
-                             '--method sfdfuse (default: the shipped weights)')
+    parser.add_argument('--weights', metavar='PATH|NAME', default=None,
+                        help='weights file (.safetensors), training checkpoint (.pt) or shipped '
+                             'network (sfdfuse-lite, sfdfuse) for --method sfdfuse (default: '
+                             'the shipped compact network on the CPU)')
     parser.add_argument('--device', choices=DEVICE_CHOICES, default='auto',
                         help='where the network runs (default: %(default)s)')
     parser.add_argument('--no-progress', action='store_true',
@@ -57,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
     from sfdfuse_core.fusion import Fuser, FusionInputError
     from sfdfuse_core.imageio import ImageReadError, list_pairs, read_image
-    from sfdfuse_core.weights import WeightsError, WeightsNotFoundError, default_weights_path
+    from sfdfuse_core.weights import WeightsError, WeightsNotFoundError
 
     for flag, folder in (('--ir', args.ir), ('--vi', args.vi)):
         if not folder.is_dir():
@@ -72,11 +73,8 @@ def run(args: argparse.Namespace) -> int:
                       weights=args.weights if args.method == 'sfdfuse' else None,
                       device=args.device)
     except WeightsNotFoundError as exc:
-        if args.weights is not None:
-            return _error(str(exc))
-        return _error(f'no weights file at {default_weights_path()} (the shipped SFDFuse weights '
-                      'are not installed yet): pass --weights PATH, or use a baseline that needs '
-                      'none: --method mean or --method max')
+        return _error(f'{exc}; pass --weights PATH, or use a baseline that needs none: '
+                      '--method mean or --method max')
     except (WeightsError, ValueError) as exc:
         return _error(str(exc))
 
@@ -110,7 +108,10 @@ def run(args: argparse.Namespace) -> int:
         written[out_name] = name
         fused += 1
 
-    print(f'fused {fused} pair(s) with {args.method} into {out_dir}')
+    what = args.method
+    if fuser.model is not None:
+        what = f'{what} ({fuser.network}, {fuser.weights_path})'
+    print(f'fused {fused} pair(s) with {what} into {out_dir}')
     if skipped:
         print(f'skipped {len(skipped)}:')
         for name, reason in sorted(skipped):

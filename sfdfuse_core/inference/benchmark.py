@@ -13,7 +13,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -36,6 +36,7 @@ class BenchSettings:
     eager_repeats: int = 20
     warmup: int = 3
     weights: Optional[Path] = None
+    network: str = 'sfdfuse'
     quality_data: Optional[Path] = None
     quality_limit: int = 0
     precision: str = 'auto'
@@ -46,7 +47,7 @@ class BenchSettings:
     train_batch: int = 8
     train_size: int = 128
     command: str = ''
-    config: Any = None  # an SFDFuseConfig for tests; None: the full-size network
+    config: Any = None  # a network config for tests; None: the shipped size of ``network``
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -94,14 +95,14 @@ class EagerReference:
     def __call__(self, vi: np.ndarray, ir: np.ndarray) -> np.ndarray:
         """Fuse like ``Fuser`` did before the engine (uint8 inputs)."""
         from sfdfuse_core.color import ycbcr_to_bgr
-        from sfdfuse_core.fusion import _gray, _to_uint8, _unit, split_luma, validate_pair
+        from sfdfuse_core.inputs import gray_plane, split_luma, to_uint8, unit_float, validate_pair
 
         validate_pair(vi, ir)
         y, chroma = split_luma(vi)
-        vi_t = torch.from_numpy(_unit(y))[None, None].to(self.device)
-        ir_t = torch.from_numpy(_unit(_gray(ir)))[None, None].to(self.device)
+        vi_t = torch.from_numpy(unit_float(y))[None, None].to(self.device)
+        ir_t = torch.from_numpy(unit_float(gray_plane(ir)))[None, None].to(self.device)
         with torch.no_grad():
-            fused = _to_uint8(self.model(vi_t, ir_t)[0, 0].cpu().numpy())
+            fused = to_uint8(self.model(vi_t, ir_t)[0, 0].cpu().numpy())
         if chroma is None:
             return fused
         return ycbcr_to_bgr(fused, *chroma)
@@ -166,15 +167,21 @@ def _environment(device: torch.device) -> Dict[str, Any]:
 
 
 def _build_model(settings: BenchSettings) -> Tuple[nn.Module, str]:
-    from sfdfuse_core.model import build_model
+    from sfdfuse_core.model import build_model, network_spec, shipped_weights_path
     from sfdfuse_core.weights import load_model
 
     if settings.weights is not None:
-        return load_model(settings.weights, device='cpu').eval(), str(settings.weights)
+        model = load_model(settings.weights, device='cpu').eval()
+        return model, model.weights_path
+    shipped = shipped_weights_path(settings.network)
+    if settings.config is None and shipped.is_file():
+        return load_model(shipped, device='cpu').eval(), f'shipped: {shipped}'
     torch.manual_seed(0)
-    what = 'full-size' if settings.config is None else 'test-size'
-    return (build_model(settings.config).eval(),
-            f'random {what} network, seed 0 (speed does not depend on weight values)')
+    config = settings.config or network_spec(settings.network).config_class()
+    what = 'shipped-size' if settings.config is None else 'test-size'
+    return (build_model(config).eval(),
+            f'random {what} {settings.network} network, seed 0 (no trained weights installed; '
+            'speed does not depend on weight values)')
 
 
 def _peak_mib(device: torch.device) -> Optional[float]:
@@ -370,9 +377,11 @@ def run_benchmark(settings: BenchSettings, log: Callable[[str], None] = lambda m
     if not settings.sizes:
         raise ValueError('no sizes to benchmark')
     device = settings.device
+    from sfdfuse_core.model import network_of
+
     model, weights = _build_model(settings)
     results: Dict[str, Any] = {'command': settings.command, 'environment': _environment(device),
-                               'weights': weights,
+                               'network': network_of(model), 'weights': weights,
                                'parameters': sum(p.numel() for p in model.parameters())}
     log(f'device: {results["environment"]["device"]}, torch {torch.__version__}')
     costs = {f'{w}x{h}': model_cost(model, h, w) for h, w in settings.sizes}
@@ -410,10 +419,11 @@ def to_markdown(results: Dict[str, Any]) -> str:
     :return: Markdown text.
     """
     env = results['environment']
-    lines = [f'### {env["device"]}: torch {env["torch"]}'
+    lines = [f'### {results.get("network", "sfdfuse")} on {env["device"]}: torch {env["torch"]}'
              + (f', CUDA {env["cuda"]}' if env['device_type'] == 'cuda' else '')
              + f', {env["time"]}', '',
              f'Command: `{results["command"]}`  ', f'Weights: {results["weights"]}  ',
+             f'Parameters: {results["parameters"]:,}  ',
              'Matmul rate: ' + ', '.join(f'{k} {v:.0f} GFLOP/s'
                                          for k, v in results['matmul_gflops'].items()), '',
              '| size | path | median ms | p99 ms | pairs/s | peak GPU MiB | PSNR vs eager dB '
@@ -426,7 +436,7 @@ def to_markdown(results: Dict[str, Any]) -> str:
     lines += ['', '| size | GFLOP per pair | MB moved (bf16, eager ops) | MB moved (bf16, fused '
               'estimate) |', '| --- | ---: | ---: | ---: |']
     for size, cost in results['cost'].items():
-        lines.append(f'| {size} | {cost["flops"] / 1e9:.0f} | {cost["bytes_eager"] / 1e6:.0f} | '
+        lines.append(f'| {size} | {cost["flops"] / 1e9:.1f} | {cost["bytes_eager"] / 1e6:.0f} | '
                      f'{cost["bytes_fused"] / 1e6:.0f} |')
     if results.get('engine_build_s'):
         lines += ['', 'Engine build + warm-up (all sizes): ' + ', '.join(
@@ -453,18 +463,23 @@ def to_markdown(results: Dict[str, Any]) -> str:
     return '\n'.join(lines) + '\n'
 
 
-def write_results(results: Dict[str, Any], out_dir: os.PathLike) -> Tuple[Path, Path]:
+def write_results(results: Union[Dict[str, Any], Sequence[Dict[str, Any]]],
+                  out_dir: os.PathLike) -> Tuple[Path, Path]:
     """Write ``bench_<device type>.json`` and ``.md`` into ``out_dir``.
 
-    :param results: as returned by :func:`run_benchmark`.
+    :param results: one :func:`run_benchmark` result, or several (one per network, same device):
+        the JSON holds ``{'runs': [...]}`` and the Markdown one section per run.
     :param out_dir: folder (created).
     :return: the two paths.
     """
+    runs = [results] if isinstance(results, dict) else list(results)
+    if not runs:
+        raise ValueError('no benchmark results to write')
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    kind = results['environment']['device_type']
+    kind = runs[0]['environment']['device_type']
     json_path = out_dir / f'bench_{kind}.json'
     md_path = out_dir / f'bench_{kind}.md'
-    json_path.write_text(json.dumps(results, indent=2, default=str) + '\n')
-    md_path.write_text(to_markdown(results))
+    json_path.write_text(json.dumps({'runs': runs}, indent=2, default=str) + '\n')
+    md_path.write_text('\n'.join(to_markdown(run) for run in runs))
     return json_path, md_path

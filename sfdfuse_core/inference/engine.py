@@ -30,7 +30,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from sfdfuse_core.device import resolve_device
 from sfdfuse_core.inference import ops
+from sfdfuse_core.inputs import validate_pair
+from sfdfuse_core.weights import load_model
 
 __all__ = ['FusionEngine', 'PRECISIONS', 'COMPILE_MODES', 'BACKENDS', 'available_cores']
 
@@ -171,9 +174,6 @@ class FusionEngine:
                  warmup_shapes: Iterable[Tuple[int, int]] = (), backend: str = 'auto',
                  threads: Optional[int] = None, cache_size: int = 4) -> None:
         """Resolve the options, prepare the model and warm up (see the class docstring)."""
-        from sfdfuse_core.fusion import resolve_device
-        from sfdfuse_core.weights import load_model
-
         for name, value, allowed in (('precision', precision, PRECISIONS),
                                      ('compile', compile, COMPILE_MODES),
                                      ('backend', backend, BACKENDS)):
@@ -403,8 +403,6 @@ class FusionEngine:
             :func:`sfdfuse_core.fusion.validate_pair`.
         :raises RuntimeError: the network produced non-finite values.
         """
-        from sfdfuse_core.fusion import validate_pair
-
         validate_pair(vi, ir)
         return self._fuse_checked(vi, ir)
 
