@@ -53,5 +53,11 @@ setup(
             'sfdfuse = sfdfuse_core.cli:main',
             'fuse_node = sfdfuse_ros.fuse_node:main',
         ],
+        # The ROS 2 side of `sfdfuse demo` and `sfdfuse bag play` (sfdfuse_core.plugins): the
+        # core finds them by name and never imports sfdfuse_ros.
+        'sfdfuse.ros_commands': [
+            'demo = sfdfuse_ros.demo:run_from_args',
+            'bag_play = sfdfuse_ros.bag_play:run_from_args',
+        ],
     },
 )

@@ -580,10 +580,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.rate > 0:
         parser.error(f'--rate must be > 0, got {args.rate}')
     if args.method == 'sfdfuse' and not (args.weights or args.random_weights):
-        default = REPO / 'sfdfuse_core' / 'weights' / 'sfdfuse_ivf.safetensors'
+        default = REPO / 'sfdfuse_core' / 'weights' / 'sfdfuse_lite_ivf.safetensors'
         if not default.is_file():
-            parser.error(f'--method sfdfuse needs --weights PATH or --random-weights: no '
-                         f'weights ship yet ({default} is missing)')
+            parser.error(f'--method sfdfuse needs --weights PATH or --random-weights: the '
+                         f'shipped compact weights {default} are missing')
         args.weights = str(default)
     if args.method != 'sfdfuse' and (args.weights or args.random_weights):
         parser.error(f'--weights/--random-weights only apply to --method sfdfuse, not '

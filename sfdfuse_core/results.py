@@ -16,8 +16,10 @@ scored with the published evaluator's definitions, SSIM with ``data_range=2`` as
 (:mod:`sfdfuse_core.metrics`). Fused images stay in memory: PNG is lossless, so this equals
 writing them and reading them back as published code does.
 
-Nothing is ever made up: without a weights file the ``sfdfuse`` row says so
-(:data:`NOT_TRAINED`) instead of showing numbers.
+Rows: the baselines ``mean`` and ``max`` and one row per network of the family
+(``sfdfuse-lite``, the compact network; ``sfdfuse``, the published one), each with its shipped
+weights or the file given with ``weights``. Nothing is ever made up: a network without a weights
+file says so (:data:`NOT_TRAINED`) instead of showing numbers.
 """
 from __future__ import annotations
 
@@ -39,9 +41,9 @@ from sfdfuse_core.imageio import ImageReadError, list_pairs, read_image, to_gray
 from sfdfuse_core.metrics import METRIC_NAMES, PUBLISHED_SSIM_DATA_RANGE, MetricError, \
     evaluate_pair
 
-__all__ = ['BASELINES', 'GRID_CELL', 'NOT_TRAINED', 'PUBLISHED', 'PUBLISHED_METRICS', 'SETS',
-           'ResultsError', 'count_beats', 'grid_size', 'make_grid', 'make_results',
-           'render_markdown', 'select_grid_pairs']
+__all__ = ['BASELINES', 'GRID_CELL', 'NETWORK_ROWS', 'NOT_TRAINED', 'PUBLISHED',
+           'PUBLISHED_METRICS', 'SETS', 'ResultsError', 'count_beats', 'grid_size', 'make_grid',
+           'make_results', 'quality_checks', 'render_markdown', 'select_grid_pairs']
 
 PathLike = Union[str, os.PathLike]
 
@@ -51,8 +53,11 @@ SETS = ('TNO', 'RoadScene')
 #: Methods that need no weights and are always evaluated.
 BASELINES = ('mean', 'max')
 
-#: What the ``sfdfuse`` row says when there is no weights file.
-NOT_TRAINED = 'not trained yet (needs a GPU run: see issue notes)'
+#: Network rows, in table order (``sfdfuse_core.model.NETWORKS`` names).
+NETWORK_ROWS = ('sfdfuse-lite', 'sfdfuse')
+
+#: What a network row says when there is no weights file.
+NOT_TRAINED = 'not trained yet (no weights file)'
 
 #: The metrics published tables report (no AG), the ones "beats CDDFuse" counts.
 PUBLISHED_METRICS = ('EN', 'SD', 'SF', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM')
@@ -321,16 +326,15 @@ def _evaluate_method(fuser: Any, pairs: Sequence[Tuple[str, Path, Path]],
     :return: per-image metrics, skipped names with the reason, the fused pictures of
         ``grid_names``, and the seconds it took.
     """
-    from tqdm import tqdm
-
     from sfdfuse_core.fusion import FusionInputError
+    from sfdfuse_core.progress import progress as show_progress
 
     per_image: Dict[str, Dict[str, float]] = {}
     skipped: Dict[str, str] = {}
     shown: Dict[str, np.ndarray] = {}
     start = time.perf_counter()
-    for name, ir_path, vi_path in tqdm(pairs, desc=desc, unit='pair', file=sys.stderr,
-                                       disable=not progress):
+    for name, ir_path, vi_path in show_progress(pairs, desc=desc, unit='pair', file=sys.stderr,
+                                                disable=not progress):
         try:
             ir, vi = read_image(ir_path), read_image(vi_path)
             fused = fuser(vi, ir)
@@ -351,17 +355,15 @@ def _means(per_image: Dict[str, Dict[str, float]]) -> Dict[str, float]:
 
 
 def _parse_methods(methods: Sequence[str]) -> List[str]:
-    from sfdfuse_core.fusion import METHODS
-
-    unknown = [m for m in methods if m not in METHODS]
+    known = list(BASELINES) + list(NETWORK_ROWS)
+    unknown = [m for m in methods if m not in known]
     if unknown:
-        raise ResultsError(f'unknown method(s) {unknown}; expected some of {list(METHODS)}')
-    ordered = list(BASELINES) + [m for m in METHODS if m in methods and m not in BASELINES]
-    return ordered
+        raise ResultsError(f'unknown method(s) {unknown}; expected some of {known}')
+    return list(BASELINES) + [m for m in NETWORK_ROWS if m in methods]
 
 
 def make_results(data: PathLike, out: PathLike,
-                 methods: Sequence[str] = ('mean', 'max', 'sfdfuse'),
+                 methods: Sequence[str] = ('mean', 'max') + NETWORK_ROWS,
                  weights: Optional[PathLike] = None, device: str = 'auto', grid_pairs: int = 4,
                  sets: Sequence[str] = SETS, command: str = '', progress: bool = True,
                  log: Any = None) -> Dict[str, Any]:
@@ -370,9 +372,11 @@ def make_results(data: PathLike, out: PathLike,
     :param data: folder holding one folder per set (``TNO/``, ``RoadScene/``), each with ``ir/``
         and ``vi/``.
     :param out: where ``RESULTS.md`` and ``results/`` (JSON, grids) are written.
-    :param methods: fusion methods; the baselines ``mean`` and ``max`` are always included.
-    :param weights: weights file for ``sfdfuse``; ``None`` uses the shipped weights, and when
-        those do not exist the ``sfdfuse`` row says :data:`NOT_TRAINED`.
+    :param methods: rows: baselines (``mean`` and ``max``, always included) and networks
+        (:data:`NETWORK_ROWS`).
+    :param weights: a weights file for the row of the network it holds (that row is added when
+        missing); the other network rows use their shipped weights, and a network without
+        them says :data:`NOT_TRAINED`.
     :param device: where the network runs (``'auto'``, ``'cpu'``, ``'cuda'``, ``'cuda:N'``).
     :param grid_pairs: pairs per set shown in the grid picture (0: no picture).
     :param sets: which of :data:`SETS` to evaluate.
@@ -386,7 +390,8 @@ def make_results(data: PathLike, out: PathLike,
     :raises ValueError: the device is unknown or unavailable.
     """
     from sfdfuse_core.fusion import Fuser, resolve_device
-    from sfdfuse_core.weights import WeightsNotFoundError, default_weights_path
+    from sfdfuse_core.model import shipped_weights_path
+    from sfdfuse_core.weights import WeightsNotFoundError, read_weights_info
 
     say = log or (lambda *a, **k: None)
     methods = _parse_methods(methods)
@@ -408,24 +413,28 @@ def make_results(data: PathLike, out: PathLike,
             raise ResultsError(f'no image pairs in {ir_dir} and {vi_dir}')
         listings[name] = listing
     torch_device = resolve_device(device)
+    given: Dict[str, Path] = {}
+    if weights is not None:
+        given[read_weights_info(weights)['network']] = Path(weights)
+        methods = _parse_methods(list(methods) + list(given))
 
     fusers: Dict[str, Any] = {}
-    weights_info = None
+    weights_info: Dict[str, Any] = {}
     not_trained: Dict[str, str] = {}
     for method in methods:
-        if method != 'sfdfuse':
+        if method in BASELINES:
             fusers[method] = Fuser(method=method, device=torch_device)
             continue
-        path = Path(weights) if weights is not None else default_weights_path()
+        path = given.get(method, shipped_weights_path(method))
         try:
             fusers[method] = Fuser(method='sfdfuse', weights=path, device=torch_device)
         except WeightsNotFoundError:
-            if weights is not None:
+            if method in given:
                 raise
             not_trained[method] = NOT_TRAINED
-            say(f'sfdfuse: no weights at {path}: the row says "{NOT_TRAINED}"')
+            say(f'{method}: no weights at {path}: the row says "{NOT_TRAINED}"')
             continue
-        weights_info = _weights_record(path)
+        weights_info[method] = _weights_record(path)
 
     report: Dict[str, Any] = {
         'generated': datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC'),
@@ -537,30 +546,53 @@ def _beats_text(beats: Dict[str, Any]) -> str:
     return f'{beats["count"]}/{beats["of"]}'
 
 
+def quality_checks(mean: Dict[str, float], cddfuse: Dict[str, Optional[float]],
+                   baseline: Optional[Dict[str, float]]) -> Dict[str, Any]:
+    """Check one row against the targets: CDDFuse beaten, within 90 % of it, ``mean`` beaten.
+
+    :param mean: the row's metric means.
+    :param cddfuse: CDDFuse's published row.
+    :param baseline: the ``mean`` baseline's means on the same set (``None``: not scored).
+    :return: ``{'beats_cddfuse': count, 'below_90pct': [metrics under 90 % of CDDFuse],
+        'loses_to_mean': [published metrics where the row is not above mean]}``.
+    """
+    below = [m for m in PUBLISHED_METRICS
+             if cddfuse.get(m) is not None and mean[m] < 0.9 * cddfuse[m]]
+    loses = [] if baseline is None else [
+        m for m in PUBLISHED_METRICS if not mean[m] > baseline[m]]
+    return {'beats_cddfuse': count_beats(mean, cddfuse)['count'], 'below_90pct': below,
+            'loses_to_mean': loses}
+
+
 def _goal_lines(report: Dict[str, Any]) -> List[str]:
-    """Say, for the network, whether it beats CDDFuse on at least 6 of 8 metrics on every set."""
-    rows = {name: entry['methods'].get('sfdfuse') for name, entry in report['sets'].items()}
-    if not any(rows.values()):
-        return ['The `sfdfuse` method was not asked for in this run, so the network is not '
-                'compared here.']
-    if any(row and row['status'] == 'not_trained' for row in rows.values()):
-        return ['**The SFDFuse network has no trained weights yet**: its rows say '
-                f'"{NOT_TRAINED}" and no number is shown for it. Training needs a GPU (see the '
-                "README's [Weights: status](../README.md#weights-status)); the baselines below "
-                'are measured.']
-    parts, met = [], True
-    for name, row in rows.items():
-        if row is None or row['status'] != 'ok':
-            parts.append(f'{name}: not scored')
-            met = False
+    """Say, per network row, how it does against the targets on every set."""
+    lines = []
+    for network in NETWORK_ROWS:
+        rows = {name: entry['methods'].get(network) for name, entry in report['sets'].items()}
+        if not any(rows.values()):
             continue
-        beats = row['beats_cddfuse']
-        parts.append(f'{name} {_beats_text(beats)}')
-        met = met and beats['count'] >= 6
-    verdict = ('the goal (at least 6 of 8 on every set) is **met**' if met else
-               'the goal (at least 6 of 8 on every set) is **not met**')
-    return [f'Our SFDFuse weights beat the published CDDFuse numbers on: {", ".join(parts)} of '
-            f'the published metrics; {verdict}.']
+        if any(row and row['status'] == 'not_trained' for row in rows.values()):
+            lines.append(f'- `{network}`: **no trained weights installed**: its rows say '
+                         f'"{NOT_TRAINED}" and show no number.')
+            continue
+        parts = []
+        for name, row in rows.items():
+            if row is None or row['status'] != 'ok':
+                parts.append(f'{name}: not scored')
+                continue
+            mean_row = report['sets'][name]['methods'].get('mean', {}).get('mean')
+            check = quality_checks(row['mean'], PUBLISHED[name]['CDDFuse'], mean_row)
+            text = f'{name}: beats CDDFuse on {check["beats_cddfuse"]}/8'
+            text += (', at least 90 % of CDDFuse on every metric' if not check['below_90pct']
+                     else f', under 90 % of CDDFuse on {", ".join(check["below_90pct"])}')
+            text += (', above `mean` on all 8' if not check['loses_to_mean']
+                     else f', not above `mean` on {", ".join(check["loses_to_mean"])}')
+            parts.append(text)
+        lines.append(f'- `{network}`: ' + '; '.join(parts) + '.')
+    if not lines:
+        return ['No network row was asked for in this run.']
+    return ['How each network does against the published CDDFuse numbers (the rule below):',
+            ''] + lines
 
 
 def render_markdown(report: Dict[str, Any]) -> str:
@@ -584,14 +616,12 @@ def render_markdown(report: Dict[str, Any]) -> str:
               f'Python {machine["python"]}, torch {machine["torch"]}, OpenCV {machine["opencv"]}; '
               f'network device `{machine["device"]}`'
               + (f' ({machine["gpu"]})' if machine['gpu'] else '')]
-    weights = report['weights']
-    if weights is None:
-        lines.append('- weights: none (no trained weights file exists yet)')
-    else:
-        lines += [f'- weights: `{weights["path"]}` ({weights["kind"]}, '
+    if not report['weights']:
+        lines.append('- weights: none (no network row has a weights file)')
+    for network, weights in report['weights'].items():
+        lines += [f'- `{network}` weights: `{weights["path"]}` ({weights["kind"]}, '
                   f'{weights["parameters"]:,} parameters, {weights["size_bytes"]:,} bytes, '
-                  f'sha256 `{weights["sha256"]}`)',
-                  '- training info stored in the weights file:', '',
+                  f'sha256 `{weights["sha256"]}`); training info stored in the file:', '',
                   '  ```json']
         info = {'metadata': weights['metadata'], 'config': weights['config'],
                 'core_version': weights['core_version']}

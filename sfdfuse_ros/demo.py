@@ -28,11 +28,14 @@ from sfdfuse_ros.node_process import NodeProcess, tail_log
 
 PathLike = Union[str, Path]
 FUSED_TOPIC = '/fused/image'
-#: Where the shipped weights live (same as :func:`sfdfuse_core.weights.default_weights_path`,
-#: without importing torch into the demo process).
-WEIGHTS_FILE = Path(sfdfuse_core.__file__).resolve().parent / 'weights' / 'sfdfuse_ivf.safetensors'
-#: Default playback speed per method; the network on a CPU is slower than the cameras.
-DEFAULT_RATE = {'sfdfuse': 0.25, 'mean': 1.0, 'max': 1.0}
+#: The shipped weights of the compact network the node runs by default on a CPU (the same file
+#: as ``sfdfuse_core.model.shipped_weights_path('sfdfuse-lite')``, named without importing torch).
+WEIGHTS_FILE = (Path(sfdfuse_core.__file__).resolve().parent / 'weights'
+                / 'sfdfuse_lite_ivf.safetensors')
+#: Default playback speed per method (the compact network keeps up with the cameras on a CPU).
+DEFAULT_RATE = {'sfdfuse': 1.0, 'mean': 1.0, 'max': 1.0}
+#: Playback speed and image side for the published network on a CPU (seconds per frame).
+HEAVY_CPU_RATE, HEAVY_CPU_SIDE = 0.25, 160
 
 
 class DemoError(RuntimeError):
@@ -130,7 +133,7 @@ def find_config_file(name: str) -> Path:
 
 
 def default_method() -> Tuple[str, Optional[str]]:
-    """``('sfdfuse', None)`` when the shipped weights exist, else ``('mean', note)``."""
+    """``('sfdfuse', None)`` when the shipped compact weights exist, else ``('mean', note)``."""
     if WEIGHTS_FILE.is_file():
         return 'sfdfuse', None
     return 'mean', (f'note: the shipped weights {WEIGHTS_FILE} are not there, so the demo fuses '
@@ -210,20 +213,35 @@ def _build_frames(ir_dir: Optional[PathLike], vi_dir: Optional[PathLike], n_fram
     return list(make_scene(n_frames, size, seed))
 
 
-def default_max_side(method: str, device: str) -> Tuple[int, Optional[str]]:
-    """Return the longer image side to use when no size is given, and a note when it is small.
-
-    The network on a CPU takes seconds per 320x256 frame, so the demo then uses 160 pixels.
-    """
-    if method != 'sfdfuse' or device.startswith('cuda'):
-        return 320, None
+def _heavy_on_cpu(method: str, device: str, weights: Optional[str]) -> bool:
+    """Whether the node will run the published (GPU-sized) network on the CPU."""
+    if method != 'sfdfuse' or not weights or device.startswith('cuda'):
+        return False
+    from sfdfuse_core.weights import WeightsError, read_weights_info
+    try:
+        if read_weights_info(weights)['network'] != 'sfdfuse':
+            return False
+    except WeightsError:
+        return False  # the node reports the bad file itself
     if device == 'auto':
         import torch  # only to ask for a GPU; the node has its own torch
-        if torch.cuda.is_available():
-            return 320, None
-    return 160, ('note: no GPU, so the network runs on the CPU: the demo uses small images '
-                 '(160 pixels wide) and plays slowly; the node still drops pairs it cannot keep '
-                 'up with (pass --size 320x256 for larger images)')
+        return not torch.cuda.is_available()
+    return True
+
+
+def default_max_side(method: str, device: str,
+                     weights: Optional[str] = None) -> Tuple[int, Optional[str]]:
+    """Return the longer image side to use when no size is given, and a note when it is small.
+
+    The published network on a CPU takes seconds per 320x256 frame, so the demo then uses 160
+    pixels; the compact network (the default) and the baselines run at 320.
+    """
+    if not _heavy_on_cpu(method, device, weights):
+        return 320, None
+    return HEAVY_CPU_SIDE, ('note: no GPU, so the published network runs on the CPU: the demo '
+                            f'uses small images ({HEAVY_CPU_SIDE} pixels wide) and plays slowly; '
+                            'the node still drops pairs it cannot keep up with (pass --size '
+                            '320x256 for larger images)')
 
 
 def _label(img: np.ndarray, text: str, scale: float, y: Optional[int] = None) -> np.ndarray:
@@ -319,7 +337,9 @@ def run_demo(out_dir: PathLike = 'out/demo', *, method: Optional[str] = None,
             log(note)
     if method not in DEFAULT_RATE:
         raise DemoError(f"method must be one of {', '.join(DEFAULT_RATE)}, got {method!r}")
-    rate = DEFAULT_RATE[method] if rate is None else float(rate)
+    if rate is None:
+        rate = HEAVY_CPU_RATE if _heavy_on_cpu(method, device, weights) else DEFAULT_RATE[method]
+    rate = float(rate)
     if not rate > 0:
         raise DemoError(f'rate must be > 0, got {rate}')
     os.environ.setdefault('ROS_AUTOMATIC_DISCOVERY_RANGE', 'LOCALHOST')
@@ -337,7 +357,7 @@ def run_demo(out_dir: PathLike = 'out/demo', *, method: Optional[str] = None,
             shutil.rmtree(old)
     for old in ('contact_sheet.png', 'summary.json'):
         (out_dir / old).unlink(missing_ok=True)
-    max_side, note = default_max_side(method, device) if size is None else (0, None)
+    max_side, note = default_max_side(method, device, weights) if size is None else (0, None)
     if note:
         log(note)
     frames = _build_frames(ir_dir, vi_dir, n_frames, size, max_side, seed)
@@ -508,3 +528,23 @@ def _write_sheet(path: Path, got, frames, frame_of, thermal_of_rgb, info,
     sheet = make_contact_sheet(cols)
     cv2.imwrite(str(path), sheet)
     return path
+
+
+def run_from_args(args) -> int:
+    """Run the demo as ``sfdfuse demo`` parsed it (the ``sfdfuse.ros_commands`` entry point).
+
+    :param args: the namespace of ``sfdfuse_core.commands.demo.add_arguments``.
+    :return: 0 on success, 1 with a message when something failed.
+    """
+    from sfdfuse_core.scene import SceneError
+    try:
+        report = run_demo(args.out, method=args.method, ir_dir=args.ir, vi_dir=args.vi,
+                          n_frames=args.frames, size=args.size, seed=args.seed, rate=args.rate,
+                          device=args.device, weights=args.weights, columns=args.columns,
+                          start_timeout=args.start_timeout, tail_timeout=args.tail_timeout,
+                          log=lambda line: print(line, flush=True))
+    except (DemoError, SceneError) as exc:
+        print(f'sfdfuse demo failed: {exc}', file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0

@@ -150,8 +150,9 @@ PARAMS: dict[str, ParamSpec] = {
     'method': ParamSpec(
         'sfdfuse', "Fusion method: 'sfdfuse' (the network), 'mean' or 'max' (baselines)."),
     'weights': ParamSpec(
-        '', 'Path of SFDFuse weights (.safetensors); empty = the weights shipped with the '
-        'package.'),
+        '', 'Weights file (.safetensors / .pt) or shipped network name (sfdfuse-lite, '
+        'sfdfuse); empty = the shipped default for the device: the compact sfdfuse-lite on a '
+        'CPU, the published sfdfuse on a GPU once its trained weights ship.'),
     'device': ParamSpec('auto', "Inference device: 'auto' (CUDA if available), 'cpu', 'cuda'."),
     'slop': ParamSpec(
         0.05, 'Largest stamp difference (s) between a thermal and an RGB frame that are paired.',
@@ -436,7 +437,13 @@ class FuseNode(Node):
         self.get_logger().info(
             f'fusing {self._topics[0]} + {self._topics[1]} -> '
             f'{self.resolve_topic_name("fused/image")} (method={self._method}, '
-            f'device={self._device}, output={self._settings.output_encoding})')
+            f'{self._network_text()}device={self._fuser.device}, '
+            f'output={self._settings.output_encoding})')
+
+    def _network_text(self) -> str:
+        if self._fuser.network is None:
+            return ''
+        return f'network={self._fuser.network}, weights={self._fuser.weights_path}, '
 
     # --- start-up -----------------------------------------------------------------------------
     def _load_fuser(self, method: str, weights: str) -> Fuser:
@@ -694,7 +701,9 @@ class FuseNode(Node):
             ('incompatible_qos_events', qos_events),
             ('seconds_since_last_output', f'{idle:.2f}'),
             ('method', self._method),
-            ('device', self._device),
+            ('network', self._fuser.network or '-'),
+            ('weights', self._fuser.weights_path or '-'),
+            ('device', str(self._fuser.device)),
             ('output_encoding', settings.output_encoding),
         ]
         pairs += [(f'sync_{key}', value) for key, value in _flatten(sync)]

@@ -55,8 +55,8 @@ def data_dir(tmp_path: Path, rng: np.random.Generator) -> Path:
 @pytest.fixture
 def no_shipped_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point the shipped weights at a file that does not exist (whatever the checkout holds)."""
-    missing = tmp_path / 'shipped' / 'sfdfuse_ivf.safetensors'
-    monkeypatch.setattr('sfdfuse_core.weights.default_weights_path', lambda: missing)
+    missing = tmp_path / 'shipped'
+    monkeypatch.setattr('sfdfuse_core.model.shipped_weights_path', lambda name: missing / name)
     return missing
 
 
@@ -123,7 +123,7 @@ def test_baselines_and_untrained_network(data_dir: Path, tmp_path: Path,
     assert '| CDDFuse (published) | - | 7.12 | 46.00 | 13.15 | - | 2.19 |' in page
     assert '| CDDFuse (published) | - | 7.44 | 54.67 | 16.36 | - | 2.30 |' in page
     assert f'`{command.command_line(argparse.Namespace(**_defaults(data_dir, out)))}`' in page
-    assert report['weights'] is None
+    assert report['weights'] == {}
 
 
 def _defaults(data: Path, out: Path) -> dict:
@@ -149,8 +149,11 @@ def test_tiny_weights_give_numbers(data_dir: Path, tmp_path: Path) -> None:
     result = entry['methods']['sfdfuse']
     assert result['status'] == 'ok' and result['evaluated'] == 3
     assert result['per_image'] == _expected(data_dir, 'TNO', 'sfdfuse', weights)
-    assert report['weights']['metadata'] == {'trained_on': 'nothing (test)', 'steps': 0}
-    assert report['weights']['config']['dim'] == 8
+    assert list(report['weights']) == ['sfdfuse']
+    assert report['weights']['sfdfuse']['metadata'] == {'trained_on': 'nothing (test)',
+                                                        'steps': 0}
+    assert report['weights']['sfdfuse']['config']['dim'] == 8
+    assert report['weights']['sfdfuse']['network'] == 'sfdfuse'
     page = (out / 'RESULTS.md').read_text()
     row = next(line for line in page.splitlines() if line.startswith('| sfdfuse (ours)'))
     assert results.NOT_TRAINED not in row and f'{result["mean"]["EN"]:.2f}' in row

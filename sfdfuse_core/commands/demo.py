@@ -1,6 +1,7 @@
 """``sfdfuse demo``: a moving scene through the real ROS 2 node, with a contact sheet at the end.
 
-The work happens in :mod:`sfdfuse_ros.demo` (it needs rclpy, imported only when run). With
+The work happens on the ROS side (``sfdfuse_ros.demo``, found through
+:func:`sfdfuse_core.plugins.ros_command`; it needs rclpy). With
 ``--bag-only`` the command just writes the scene bag, which needs no ROS at all.
 """
 import argparse
@@ -28,20 +29,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--vi', metavar='DIR', default=None,
                         help='folder of visible images with the same file names as --ir')
     parser.add_argument('--method', choices=('sfdfuse', 'mean', 'max'), default=None,
-                        help='fusion method of the node (default: sfdfuse when the shipped '
-                        'weights exist, else mean)')
+                        help='fusion method of the node (default: sfdfuse, the shipped compact '
+                        'network, when its weights are installed, else mean)')
     parser.add_argument('--frames', type=int, default=60,
                         help='RGB frames in the bag, at 30 Hz; thermal at 9 Hz (default: '
                         '%(default)s)')
     parser.add_argument('--size', type=_size, default=None, metavar='WxH',
-                        help='RGB image size (default: 320x256, or 160x128 for the network on a '
-                        'CPU; the generated thermal is half of it)')
+                        help='RGB image size (default: 320x256, or 160x128 for the published '
+                        'network on a CPU; the generated thermal is half of it)')
     parser.add_argument('--seed', type=int, default=0, help='seed of the generated scene')
     parser.add_argument('--rate', type=float, default=None,
-                        help='playback speed factor (default: 0.25 for sfdfuse, 1 otherwise)')
+                        help='playback speed factor (default: 1, or 0.25 for the published '
+                        'network on a CPU)')
     parser.add_argument('--device', default='auto', help="the node's torch device (default: "
                         '%(default)s)')
-    parser.add_argument('--weights', default=None, help='weights file for the node')
+    parser.add_argument('--weights', default=None, help="the node's weights file or shipped "
+                        'network (sfdfuse-lite, sfdfuse; default: the shipped compact network)')
     parser.add_argument('--columns', type=int, default=6,
                         help='frames on the contact sheet (default: %(default)s)')
     parser.add_argument('--out', default='out/demo', metavar='DIR',
@@ -86,21 +89,11 @@ def run(args: argparse.Namespace) -> int:
     """Run the demo; 0 on success, 1 with a message when something failed."""
     if args.bag_only:
         return _bag_only(args)
+    from sfdfuse_core.plugins import PluginError, ros_command
+
     try:
-        from sfdfuse_ros.demo import DemoError, run_demo
-    except ImportError as exc:
-        print(f'sfdfuse demo needs rclpy (a ROS 2 installation, or pip install ".[ros]"): '
-              f'{exc}', file=sys.stderr)
+        run_from_args = ros_command('demo')
+    except PluginError as exc:
+        print(f'sfdfuse demo: {exc}', file=sys.stderr)
         return 1
-    from sfdfuse_core.scene import SceneError
-    try:
-        report = run_demo(args.out, method=args.method, ir_dir=args.ir, vi_dir=args.vi,
-                          n_frames=args.frames, size=args.size, seed=args.seed, rate=args.rate,
-                          device=args.device, weights=args.weights, columns=args.columns,
-                          start_timeout=args.start_timeout, tail_timeout=args.tail_timeout,
-                          log=lambda line: print(line, flush=True))
-    except (DemoError, SceneError) as exc:
-        print(f'sfdfuse demo failed: {exc}', file=sys.stderr)
-        return 1
-    print(report.summary())
-    return 0
+    return run_from_args(args)

@@ -42,13 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='folder holding TNO/ and RoadScene/, each with ir/ and vi/ '
                              '(e.g. ../shared/data/ivf/test)')
     parser.add_argument('--weights', type=Path, default=None, metavar='PATH',
-                        help='weights file (.safetensors) or checkpoint (.pt) for sfdfuse '
-                             '(default: the shipped weights; when they do not exist the sfdfuse '
-                             'row says "not trained yet")')
-    parser.add_argument('--methods', type=_names, default=['mean', 'max', 'sfdfuse'],
+                        help='weights file (.safetensors) or checkpoint (.pt) for the row of the '
+                             'network it holds (default: each network row uses its shipped '
+                             'weights; a network without them says "not trained yet")')
+    parser.add_argument('--methods', type=_names, default=['mean', 'max', 'sfdfuse-lite',
+                                                           'sfdfuse'],
                         metavar='M,...',
-                        help='fusion methods among sfdfuse, mean, max; mean and max are always '
-                             'included (default: mean,max,sfdfuse)')
+                        help='rows among mean, max (always included), sfdfuse-lite, sfdfuse '
+                             '(default: mean,max,sfdfuse-lite,sfdfuse)')
     parser.add_argument('--sets', type=_names, default=['TNO', 'RoadScene'], metavar='S,...',
                         help='evaluation sets under --data (default: TNO,RoadScene)')
     parser.add_argument('--device', choices=DEVICE_CHOICES, default='auto',
@@ -90,9 +91,6 @@ def run(args: argparse.Namespace) -> int:
     from sfdfuse_core.results import ResultsError, make_results
     from sfdfuse_core.weights import WeightsError
 
-    if args.weights is not None and 'sfdfuse' not in args.methods:
-        print('note: --weights is used by sfdfuse only, and sfdfuse is not in --methods',
-              file=sys.stderr)
     try:
         report = make_results(args.data, args.out, methods=args.methods, weights=args.weights,
                               device=args.device, grid_pairs=args.grid_pairs, sets=args.sets,
