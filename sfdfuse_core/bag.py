@@ -10,12 +10,22 @@ unsupported encoding, fusion failed, or unreadable: the bag's index counts it bu
 never yielded it, as happens with a damaged ``.mcap`` chunk), and the report counts each by
 reason.
 
-The output is written to a hidden sibling folder and renamed into place only when everything
-succeeded, so an interrupted run never leaves a bag that looks complete; an existing output is
-replaced only when the caller says so.
+A recording cut short (a recorder killed mid-write: an ``.mcap`` without its summary and
+footer, a ``.db3`` without its last pages), which ``rosbags`` refuses as a whole, is read up to
+the cut with :class:`~sfdfuse_core.bagsalvage.SalvageReader`: every message of the intact
+prefix is fused, and the report says that the input was truncated and where reading stopped
+(messages ``metadata.yaml`` declares beyond the cut are counted as unreadable).
+
+The output is written to a hidden sibling folder (``.NAME.partial-PID-N``, with a marker file
+naming the run) and renamed into place only when everything succeeded, so an interrupted run
+never leaves a bag that looks complete; the next run over the same output removes the folders
+that runs no longer alive left behind, and no reader here takes such a folder for a bag. An
+existing output is replaced only when the caller says so.
 """
+import json
 import os
 from contextlib import closing
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -25,6 +35,7 @@ from typing import Callable, Dict, List, Optional, Tuple, Union
 import cv2
 import numpy as np
 
+from sfdfuse_core.bagsalvage import SalvageError, SalvageReader
 from sfdfuse_core.imgmsg import array_to_image_fields, decode_frame
 from sfdfuse_core.sync import ApproximateTimePairer
 
@@ -39,6 +50,10 @@ THERMAL, RGB = 0, 1
 _ROLE = {THERMAL: 'thermal', RGB: 'rgb'}
 #: Storage formats of the output bag.
 FORMATS = ('mcap', 'sqlite3')
+#: Name of the unfinished output of a run: ``.NAME.partial-PID-N`` beside the output ``NAME``.
+PARTIAL_RE = re.compile(r'^\.(?P<name>.+)\.partial-(?P<pid>\d+)-\d+$')
+#: Marker file inside a partial folder: who writes it (pid, process start, input, output).
+PARTIAL_MARKER = 'SFDFUSE_UNFINISHED_RUN.json'
 
 
 class BagError(ValueError):
@@ -81,6 +96,9 @@ class BagFuseReport:
     :param copied: messages copied per input topic (``include_inputs``).
     :param sync_stats: the pairer's own statistics.
     :param seconds: wall time of the run.
+    :param truncated: one line per storage file that was cut short (a recording that ended
+        abruptly), saying where reading stopped; empty for an intact bag.
+    :param removed_partials: unfinished outputs of earlier, interrupted runs that were removed.
     """
 
     in_path: Path
@@ -99,6 +117,8 @@ class BagFuseReport:
     copied: Dict[str, int] = field(default_factory=dict)
     sync_stats: dict = field(default_factory=dict)
     seconds: float = 0.0
+    truncated: List[str] = field(default_factory=list)
+    removed_partials: List[str] = field(default_factory=list)
 
     @property
     def balanced(self) -> bool:
@@ -111,14 +131,20 @@ class BagFuseReport:
         """Whether every message the bag's index declares could be read."""
         return not any(self.unreadable.values())
 
+    @property
+    def was_truncated(self) -> bool:
+        """Whether the input was cut short (only the prefix before the cut was read)."""
+        return bool(self.truncated)
+
     def summary(self) -> str:
         """Return a human-readable multi-line summary."""
         read = sum(self.read.values())
         lost = sum(self.unreadable.values())
         total = read + lost
         if lost:
+            why = 'cut off with the end of the file' if self.truncated else 'damaged bag'
             lines = [f'read {read} of {sum(self.declared.values())} messages the index of '
-                     f'{self.in_path} declares; {lost} UNREADABLE (damaged bag):']
+                     f'{self.in_path} declares; {lost} UNREADABLE ({why}):']
             for topic, n in self.read.items():
                 lines.append(f'  {topic}: {n} read of {self.declared.get(topic, n)}, '
                              f'{self.unreadable.get(topic, 0)} unreadable')
@@ -126,6 +152,12 @@ class BagFuseReport:
             lines = [f'read {read} messages from {self.in_path}:']
             for topic, n in self.read.items():
                 lines.append(f'  {topic}: {n}')
+        if self.truncated:
+            lines.insert(0, f'INPUT TRUNCATED (a recording cut short): {self.in_path} was read '
+                         'up to the cut; every message before it is in the counts below')
+            lines[1:1] = [f'  {line}' for line in self.truncated]
+        for name in self.removed_partials:
+            lines.append(f'removed the unfinished output of an interrupted run: {name}')
         lines.append(f'pairs found: {self.pairs}; fused: {self.fused} -> {self.fused_topic} '
                      f'in {self.out_path}')
         if self.copied:
@@ -154,18 +186,42 @@ def describe_topics(reader) -> str:
     return '\n'.join(rows) if rows else '  (no topics)'
 
 
-def open_reader(in_path: PathLike):
+def partial_run_of(path: PathLike) -> Optional[Path]:
+    """Return the unfinished-output folder ``path`` lies in (itself or a parent), if any.
+
+    :param path: any path.
+    :return: the ``.NAME.partial-PID-N`` folder, or ``None``.
+    """
+    path = Path(path).absolute()
+    for part in (path, *path.parents):
+        if PARTIAL_RE.match(part.name) and part.is_dir():
+            return part
+    return None
+
+
+def open_reader(in_path: PathLike, allow_truncated: bool = False):
     """Open a bag for reading: a bag folder, or a single ``.mcap`` or ``.db3`` file.
 
     :param in_path: the bag.
-    :return: an open :class:`rosbags.rosbag2.Reader` (close it, e.g. ``with closing(...)``).
-    :raises BagError: when the path does not exist or is not a bag.
+    :param allow_truncated: when ``rosbags`` refuses the bag, read the intact prefix of a
+        recording cut short instead (:class:`~sfdfuse_core.bagsalvage.SalvageReader`; its
+        ``truncations`` say where it stops); only a bag that is not even that is refused.
+    :return: an open :class:`rosbags.rosbag2.Reader` (or a ``SalvageReader``); close it, e.g.
+        ``with closing(...)``.
+    :raises BagError: when the path does not exist, is not a bag, or is the unfinished output
+        of an interrupted ``bag fuse`` run.
     """
     from rosbags.rosbag2 import Reader
 
     path = Path(in_path)
     if not path.exists():
         raise BagError(f'bag not found: {path}')
+    partial = partial_run_of(path)
+    if partial is not None:
+        raise BagError(f'{path} is inside {partial.name}, the unfinished output of an '
+                       'interrupted sfdfuse bag fuse run, not a finished bag (the next run '
+                       'over that output removes it)')
+    given = path
     if path.is_dir() and not (path / 'metadata.yaml').is_file():
         storage = sorted(path.glob('*.mcap')) + sorted(path.glob('*.db3'))
         if len(storage) == 1:
@@ -177,7 +233,17 @@ def open_reader(in_path: PathLike):
         reader = Reader(path)
         reader.open()
     except Exception as exc:  # rosbags raises its own errors and OS errors
-        raise BagError(f'cannot open bag {path}: {type(exc).__name__}: {exc}') from exc
+        error = BagError(f'cannot open bag {path}: {type(exc).__name__}: {exc}')
+        if not allow_truncated:
+            raise error from exc
+        try:
+            salvage = SalvageReader(given)
+        except (SalvageError, OSError) as salvage_exc:
+            raise error from salvage_exc
+        if not salvage.truncations:  # complete files rosbags still refused: not our case
+            salvage.close()
+            raise error from exc
+        return salvage
     return reader
 
 
@@ -201,6 +267,71 @@ def _stamp_ns(header) -> int:
 def _temp_sibling(out_path: Path) -> Path:
     """Return a hidden folder beside ``out_path`` (the bag is written inside, final name)."""
     return out_path.parent / f'.{out_path.name}.partial-{os.getpid()}-{time.monotonic_ns()}'
+
+
+def _process_start(pid: int) -> Optional[str]:
+    """Return the start time of a process (Linux ``/proc``), to tell a reused PID apart."""
+    try:
+        stat = Path(f'/proc/{pid}/stat').read_text()
+    except OSError:
+        return None
+    return stat.rsplit(')', 1)[-1].split()[19]  # field 22, after the parenthesised name
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    except OSError:
+        return False
+    return True
+
+
+def _write_marker(tmp: Path, in_path: Path, out_path: Path) -> None:
+    marker = {'pid': os.getpid(), 'process_start': _process_start(os.getpid()),
+              'input': str(in_path), 'output': str(out_path), 'started': time.time(),
+              'note': 'unfinished output of sfdfuse bag fuse; not a bag'}
+    (tmp / PARTIAL_MARKER).write_text(json.dumps(marker, indent=1) + '\n')
+
+
+def _stale(folder: Path, pid: int) -> bool:
+    """Whether the run that wrote a partial folder is gone (dead, or its PID reused)."""
+    if not _pid_alive(pid):
+        return True
+    try:
+        marker = json.loads((folder / PARTIAL_MARKER).read_text())
+    except (OSError, ValueError):
+        return False  # alive, and no marker (yet) to compare with: leave it alone
+    started = marker.get('process_start')
+    return started is not None and _process_start(pid) not in (None, started)
+
+
+def remove_stale_partials(out_path: PathLike) -> List[str]:
+    """Remove the unfinished outputs that interrupted runs left beside ``out_path``.
+
+    Only ``.NAME.partial-PID-N`` folders of this output whose run is no longer alive are
+    removed; those of a run still going (another ``bag fuse`` writing the same output) stay.
+
+    :param out_path: the output bag path.
+    :return: the names of the removed folders.
+    """
+    out_path = Path(out_path)
+    removed = []
+    if not out_path.parent.is_dir():
+        return removed
+    for entry in sorted(out_path.parent.iterdir()):
+        match = PARTIAL_RE.match(entry.name)
+        if not match or match.group('name') != out_path.name or not entry.is_dir() \
+                or entry.is_symlink():
+            continue
+        if _stale(entry, int(match.group('pid'))):
+            shutil.rmtree(entry, ignore_errors=True)
+            if not entry.exists():
+                removed.append(entry.name)
+    return removed
 
 
 def _remove(path: Path) -> None:
@@ -270,11 +401,13 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
     :param include_inputs: copy the two input topics (raw bytes) into the output too.
     :param storage: output storage, ``'mcap'`` or ``'sqlite3'``.
     :param overwrite: replace an existing output.
-    :param progress: show a tqdm progress bar on stderr.
+    :param progress: show progress on stderr (a bar on a terminal, a line every few seconds
+        otherwise: :func:`sfdfuse_core.progress.progress`).
     :param max_examples: number of bad-message errors kept in the report.
-    :return: the report; ``report.balanced`` is always true.
+    :return: the report; ``report.balanced`` is always true. A truncated input (a recording
+        cut short) is fused up to the cut, and ``report.truncated`` says where it stopped.
     :raises BagError: on a missing or wrongly typed topic, a missing input, an output equal to
-        the input, or an unknown storage.
+        the input, an unknown storage, or an input that is not a bag even up to a cut.
     :raises BagOutputExistsError: when the output exists and ``overwrite`` is false.
     """
     from rosbags.rosbag2 import StoragePlugin, Writer
@@ -305,7 +438,10 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
                            rgb_topic=rgb_topic, fused_topic=fused_topic)
     started = time.monotonic()
 
-    with closing(open_reader(in_path)) as reader:
+    with closing(open_reader(in_path, allow_truncated=True)) as reader:
+        report.removed_partials = remove_stale_partials(out_path)
+        if isinstance(reader, SalvageReader):
+            report.truncated = [t.describe() for t in reader.truncations]
         conns = {THERMAL: _check_topic(reader, thermal_topic, 'thermal'),
                  RGB: _check_topic(reader, rgb_topic, 'rgb')}
         stream_of = {c.id: s for s, cs in conns.items() for c in cs}
@@ -320,6 +456,7 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
         writer = Writer(tmp / out_path.name, version=9, storage_plugin=plugins[storage])
         bar = None
         try:
+            _write_marker(tmp, in_path, out_path)
             writer.open()
             fused_conn = writer.add_connection(fused_topic, IMAGE_TYPE, typestore=typestore)
             copy_conns = {}
@@ -362,8 +499,8 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
                     report.fused += 1
 
             if progress:
-                from tqdm import tqdm
-                bar = tqdm(total=total, unit='msg', desc='fusing', dynamic_ncols=True)
+                from sfdfuse_core.progress import progress as progress_bar
+                bar = progress_bar(total=total, unit='msg', desc='fusing')
             wanted = conns[THERMAL] + conns[RGB]
             for conn, bag_time, raw in _read_messages(reader, wanted, in_path):
                 stream = stream_of[conn.id]
@@ -423,6 +560,7 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
             if out_path.exists() or out_path.is_symlink():
                 _remove(out_path)
             (tmp / out_path.name).rename(out_path)
+            (tmp / PARTIAL_MARKER).unlink()
             tmp.rmdir()
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)

@@ -540,13 +540,13 @@ def evaluate_folders(ir_dir: PathLike, vi_dir: PathLike, fused_dir: PathLike, *,
     :param vi_dir: folder of visible images.
     :param fused_dir: folder of fused images.
     :param ssim_data_range: SSIM data range; 2 is the published protocol, 255 the correct one.
-    :param progress: show a progress bar (tqdm, on stderr).
+    :param progress: show progress on stderr (a bar on a terminal, lines otherwise).
     :return: ``{"mean": {metric: value}, "per_image": {name: {metric: value}},
         "skipped": {name: reason}}``; the mean is over the evaluated images.
     :raises ImageReadError: when a folder does not exist.
     :raises MetricError: when no image could be evaluated (the reasons are in the message).
     """
-    from tqdm import tqdm
+    from sfdfuse_core.progress import progress as show_progress
 
     data_range = _check_data_range(ssim_data_range)
     fused_dir = Path(fused_dir)
@@ -559,8 +559,8 @@ def evaluate_folders(ir_dir: PathLike, vi_dir: PathLike, fused_dir: PathLike, *,
     for name in listing.vi_only:
         skipped[name] = f'no infrared image in {ir_dir}'
     per_image: Dict[str, Dict[str, float]] = {}
-    for name, ir_path, vi_path in tqdm(listing.pairs, desc='evaluate', unit='image',
-                                       disable=not progress):
+    for name, ir_path, vi_path in show_progress(listing.pairs, desc='evaluate', unit='image',
+                                                disable=not progress):
         fused_path = find_fused(fused_dir, name)
         if fused_path is None:
             skipped[name] = f'no fused image in {fused_dir}'

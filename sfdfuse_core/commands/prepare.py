@@ -42,8 +42,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.quiet:
         from functools import partial
 
-        from tqdm import tqdm
-        progress = partial(tqdm, desc='pairs', unit='pair', leave=False)
+        from sfdfuse_core.progress import progress as display  # lines when not a terminal
+        progress = partial(display, desc='pairs', unit='pair', leave=False)
     try:
         report = prepare_patches(list(zip(args.ir, args.vi)), args.out, patch=args.patch,
                                  stride=args.stride, min_contrast=args.min_contrast,

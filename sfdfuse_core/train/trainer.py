@@ -390,9 +390,9 @@ def train_one_epoch(run: _Run, loader: DataLoader, steps: int) -> Dict[str, floa
     run.model.train()
     bar = None
     if config.progress and run.dist.main:
-        from tqdm import tqdm
-        bar = tqdm(total=steps, initial=run.batch, leave=False, dynamic_ncols=True,
-                   desc=f'phase {phase} epoch {run.epoch + 1}/{run.total_epochs}')
+        from sfdfuse_core.progress import progress  # a bar on a terminal, lines in a log
+        bar = progress(total=steps, initial=run.batch, leave=False, unit='step',
+                       desc=f'phase {phase} epoch {run.epoch + 1}/{run.total_epochs}')
     running = run.metrics['running']
     try:
         for vi, ir in loader:
