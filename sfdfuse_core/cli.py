@@ -20,6 +20,7 @@ COMMANDS = {
     'export': 'export',
     'demo': 'demo',
     'results': 'results',
+    'calibrate': 'calibrate',
 }
 
 
