@@ -25,7 +25,8 @@ def add_fuse_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--method', default='sfdfuse', choices=('sfdfuse', 'mean', 'max'),
                         help='fusion method (default: %(default)s)')
     parser.add_argument('--weights', default=None,
-                        help='SFDFuse weights file (default: the shipped weights)')
+                        help='weights file, checkpoint or shipped network (sfdfuse-lite, '
+                        'sfdfuse) (default: the shipped compact network on the CPU)')
     parser.add_argument('--device', default='auto', help='torch device: auto, cpu, cuda, ... '
                         '(default: %(default)s)')
     parser.add_argument('--slop', type=float, default=0.05,
@@ -148,11 +149,12 @@ def run_fuse(args: argparse.Namespace) -> int:
 
 def run_play(args: argparse.Namespace) -> int:
     """Run ``sfdfuse bag play`` (imports rclpy lazily)."""
+    from sfdfuse_core.plugins import PluginError, ros_command
+
     try:
-        from sfdfuse_ros.bag_play import run_from_args
-    except ImportError as exc:
-        print(f'sfdfuse bag play needs rclpy (a ROS 2 installation, or pip install '
-              f'".[ros]"): {exc}', file=sys.stderr)
+        run_from_args = ros_command('bag_play')
+    except PluginError as exc:
+        print(f'sfdfuse bag play: {exc}', file=sys.stderr)
         return 1
     return run_from_args(args)
 

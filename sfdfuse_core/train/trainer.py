@@ -319,6 +319,7 @@ def _checkpoint(run: _Run) -> Dict[str, Any]:
     return {
         'model': {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
         'config': run.model.config.to_dict(),
+        'network': run.config.network,
         'train_config': config_to_dict(run.config),
         'optimizer': run.optimizer.state_dict(),
         'scheduler': _scheduler_state(run.scheduler),
@@ -745,13 +746,37 @@ def _export(run: _Run, patches: int) -> Optional[Path]:
               f'(the final weights are in {run.run_dir / LAST})', flush=True)
         return None
     last = run.metrics['epochs'][-1] if run.metrics['epochs'] else {}
-    metadata = {'trained_on': run.config.data, 'patches': patches, 'steps': run.step,
-                'epochs': run.epoch, 'phase1_epochs': run.config.phase1_epochs,
-                'phase2_epochs': run.config.phase2_epochs, 'seed': run.config.seed,
+    metadata = {'network': run.config.network, 'trained_on': run.config.data,
+                'sources': _data_sources(run.config.data), 'patches': patches,
+                'steps': run.step, 'epochs': run.epoch, 'phase1_epochs': run.config.phase1_epochs,
+                'phase2_epochs': run.config.phase2_epochs, 'batch_size': run.config.batch_size,
+                'lr': run.config.lr, 'seed': run.config.seed,
                 'final_train_loss': last.get('train', {}).get('loss'),
                 'final_val_loss': last.get('val', {}).get('loss'),
-                'recipe': 'SFDFuse two-phase (sfdfuse train)'}
+                'recipe': 'sfdfuse train (two phases: reconstruction, fusion); the resolved '
+                          'config is config.yaml of the run'}
+    if any('LLVIP' in str(source) for source in metadata['sources']):
+        metadata['licence'] = ('trained on LLVIP, whose licence limits use to non-commercial '
+                               'research (cite LLVIP)')
     path = save_weights(run.model, run.run_dir / 'final.safetensors', run.model.config,
                         metadata=metadata)
     print(f'final weights: {path}', flush=True)
     return path
+
+
+def _data_sources(data: str) -> List[str]:
+    """Return the image folders the patch files were cut from (their ``sources`` attribute)."""
+    import json
+
+    import h5py
+
+    sources: List[str] = []
+    for path in data_paths(data):
+        try:
+            with h5py.File(path, 'r') as h5:
+                raw = h5.attrs.get('sources', '[]')
+            for pair in json.loads(raw if isinstance(raw, str) else raw.decode()):
+                sources.append(' + '.join(map(str, pair)) if isinstance(pair, list) else str(pair))
+        except (OSError, ValueError, TypeError, AttributeError):
+            sources.append(f'{path} (no source attribute)')
+    return sources
