@@ -1,8 +1,9 @@
 """Node latency: ``fuse_node`` over a replayed bag, split into engine time and ROS overhead.
 
-Builds a generated scene bag (thermal ``mono16`` at 9 Hz, half the RGB resolution; RGB ``bgr8``
-at 30 Hz, with camera info), starts ``sfdfuse_ros.fuse_node`` as a child process (its logger at
-debug level, so it logs the timing of every pair it fuses), plays the bag into it with
+Builds a generated scene bag (thermal ``mono16`` at 9 Hz, or ``--thermal-hz``, started 13 ms
+after the RGB camera, half the RGB resolution; RGB ``bgr8`` at 30 Hz, with camera info), starts
+``sfdfuse_ros.fuse_node`` as a child process (its logger at debug level, so it logs the timing
+of every pair it fuses), plays the bag into it with
 :class:`sfdfuse_ros.bag_play.BagPlayer` and collects the fused frames and ``/diagnostics`` in
 this process. A short warm-up bag is played first (ONNX Runtime's first run, ``torch.compile``
 and CUDA graph capture on a GPU) and left out of the figures.
@@ -12,7 +13,8 @@ Per fused pair (milliseconds, ``time.monotonic``: CLOCK_MONOTONIC, shared by the
 * ``engine``: the node's ``fuser(vi, ir)`` call alone (the network for ``sfdfuse``);
 * ``convert``: messages -> arrays (thermal 16 -> 8 bit, alignment) and fused array -> message;
 * ``sync``: the node received the pair's second message -> its pairer released the pair (at
-  9/30 Hz it waits for the next RGB frame to be sure of the closest partner); ``wait``: pair
+  9/30 Hz the ``optimal`` policy waits for the next RGB frame to be sure of the closest partner;
+  ``--sync-policy greedy`` pairs at once); ``wait``: pair
   released -> the node's worker starts on it; ``publish``: the publish call;
 * ``node_latency``: the node received the pair's second message (callback) -> it published the
   fused image; ``node_overhead = node_latency - engine``; ``processing_overhead =
@@ -25,10 +27,11 @@ Per fused pair (milliseconds, ``time.monotonic``: CLOCK_MONOTONIC, shared by the
   own stamps are from the recording), ``end_to_end_overhead = end_to_end - engine``.
 
 Results go to ``OUT/node_latency_<device>.json`` and ``.md``; a run replaces an earlier run of
-the same method, size, device and rate there, other runs are kept. Examples (run from the
-repository root)::
+the same method, size, device, rate, sync policy and thermal rate there, other runs are kept.
+Examples (run from the repository root)::
 
     .venv/bin/python benchmarks/node_latency.py --method mean --device cpu --size 640x512
+    .venv/bin/python benchmarks/node_latency.py --method mean --thermal-hz 10 --sync-policy greedy
     .venv/bin/python benchmarks/node_latency.py --method sfdfuse --random-weights --device cuda
 
 Speed does not depend on weight values, so ``--random-weights`` (a randomly initialised
@@ -219,10 +222,12 @@ def _versions() -> Dict[str, str]:
     return out
 
 
-def _write_bag(path: Path, size: Tuple[int, int], frames: int, start_ns: int, seed: int):
+def _write_bag(path: Path, size: Tuple[int, int], frames: int, start_ns: int, seed: int,
+               thermal_hz: float = 9.0):
     from sfdfuse_core.scene import make_scene, write_scene_bag
 
-    return write_scene_bag(path, make_scene(frames, size, seed), start_ns=start_ns, seed=seed)
+    return write_scene_bag(path, make_scene(frames, size, seed), start_ns=start_ns, seed=seed,
+                           thermal_hz=thermal_hz)
 
 
 def run(args: argparse.Namespace) -> Dict[str, Any]:
@@ -259,7 +264,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix='node_latency_', dir=args.work_dir))
     log(f'work folder: {work} (ROS_DOMAIN_ID={domain})')
     weights_note = ''
-    overrides = {'method': args.method, 'device': args.device, 'diagnostics_period': '1.0'}
+    overrides = {'method': args.method, 'device': args.device, 'diagnostics_period': '1.0',
+                 'sync_policy': args.sync_policy}
     if args.method == 'sfdfuse':
         if args.random_weights:
             import torch
@@ -279,15 +285,19 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
 
     t0 = time.monotonic()
     warm_info = _write_bag(work / 'warmup_bag', args.size, WARMUP_FRAMES, WARMUP_START_NS,
-                           args.seed + 1)
-    info = _write_bag(work / 'bag', args.size, args.frames, MEASURE_START_NS, args.seed)
+                           args.seed + 1, args.thermal_hz)
+    info = _write_bag(work / 'bag', args.size, args.frames, MEASURE_START_NS, args.seed,
+                      args.thermal_hz)
     log(f'bags written in {time.monotonic() - t0:.1f} s: {len(info.rgb)} RGB '
         f'{args.size[0]}x{args.size[1]} at 30 Hz + {len(info.thermal)} thermal '
-        f'{max(16, args.size[0] // 2)}x{max(16, args.size[1] // 2)} mono16 at 9 Hz')
-    expected = pair_stamps([s for _, s, _ in info.thermal], [s for _, s, _ in info.rgb])
+        f'{max(16, args.size[0] // 2)}x{max(16, args.size[1] // 2)} mono16 at '
+        f'{args.thermal_hz:g} Hz')
+    expected = pair_stamps([s for _, s, _ in info.thermal], [s for _, s, _ in info.rgb],
+                           policy=args.sync_policy)
     thermal_of = {rgb: th for _, th, rgb in expected}
     warm_stamps = {rgb for _, _, rgb in pair_stamps([s for _, s, _ in warm_info.thermal],
-                                                    [s for _, s, _ in warm_info.rgb])}
+                                                    [s for _, s, _ in warm_info.rgb],
+                                                    policy=args.sync_policy)}
     header_of = {(t, b): s for t, rows in ((THERMAL_TOPIC, info.thermal), (RGB_TOPIC, info.rgb))
                  for b, s, _ in rows}
 
@@ -295,7 +305,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     load_before = os.getloadavg()
     node = NodeProcess(log_path, find_config_file('fuse.yaml'), overrides, env,
                        extra_ros_args=('--log-level', 'fuse_node:=debug'))
-    log(f'started fuse_node (method {args.method}, device {args.device}); log: {log_path}')
+    log(f'started fuse_node (method {args.method}, device {args.device}, sync_policy '
+        f'{args.sync_policy}); log: {log_path}')
     context = rclpy.Context()
     executor = None
     spin_thread = None
@@ -406,6 +417,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         'size': f'{args.size[0]}x{args.size[1]}',
         'thermal_size': f'{max(16, args.size[0] // 2)}x{max(16, args.size[1] // 2)}',
         'rate': args.rate, 'frames': args.frames, 'weights': weights_note or None,
+        'sync_policy': args.sync_policy, 'thermal_hz': args.thermal_hz,
         'command': 'python benchmarks/node_latency.py ' + shlex.join(sys.argv[1:]),
         'date': time.strftime('%Y-%m-%d %H:%M:%S %z'),
         'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
@@ -455,18 +467,21 @@ def render_markdown(device: str, runs: List[Dict[str, Any]]) -> str:
              'benchmark process. Timings on a shared machine are noisy. Publish times are '
              'taken when `publish()` has returned, so "DDS in" and "DDS out" can be slightly '
              'negative. '
-             '"Unpaired": frames without a partner (at 9/30 Hz, 2 of 3 RGB frames).', '',
-             '| method | size | rate | pairs fused / expected | engine p50 | node latency p50 / '
-             'p99 | node overhead p50 (pairing wait + processing) | DDS in + out p50 '
+             '"Unpaired": frames without a partner (at 9/30 Hz, 2 of 3 RGB frames). '
+             '"sync": the `sync_policy` parameter (`optimal` waits until a pair cannot be '
+             'improved, `greedy` pairs at once) and the thermal rate.', '',
+             '| method | size | rate | sync | pairs fused / expected | engine p50 | node latency '
+             'p50 / p99 | node overhead p50 (pairing wait + processing) | DDS in + out p50 '
              '| end to end p50 / p99 |',
-             '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |']
+             '| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
     for r in runs:
         ms = r['ms']
 
         def p(m: str, q: str) -> str:
             return _fmt(ms[m].get(q))
 
-        lines.append(f"| {r['method']} | {r['size']} | {r['rate']:g} | {r['pairs_fused']} / "
+        lines.append(f"| {r['method']} | {r['size']} | {r['rate']:g} | {_sync_text(r)} "
+                     f"| {r['pairs_fused']} / "
                      f"{r['pairs_expected']} | {p('engine', 'p50')} "
                      f"| {p('node_latency', 'p50')} / {p('node_latency', 'p99')} "
                      f"| {p('node_overhead', 'p50')} ({p('sync', 'p50')} + "
@@ -476,7 +491,7 @@ def render_markdown(device: str, runs: List[Dict[str, Any]]) -> str:
     for r in runs:
         c = r['node_counters']
         lines += ['', f"## {r['method']}, {r['size']} (thermal {r['thermal_size']}), "
-                      f"{r['device']}, bag at {r['rate']:g}x", '',
+                      f"{r['device']}, bag at {r['rate']:g}x, {_sync_text(r)}", '',
                   f"`{r['command']}`", '',
                   f"{r['date']}; {r['machine']['cpus']} CPUs, load average "
                   f"{r['machine']['loadavg_before'][0]} before / "
@@ -495,6 +510,11 @@ def render_markdown(device: str, runs: List[Dict[str, Any]]) -> str:
             lines.append(f"| {METRIC_TEXT[m]} | {s['n']} | " + ' | '.join(
                 _fmt(s.get(q)) for q in ('min', 'mean', 'p50', 'p90', 'p99', 'max')) + ' |')
     return '\n'.join(lines) + '\n'
+
+
+def _sync_text(r: Dict[str, Any]) -> str:
+    """Say the sync policy and thermal rate of a run (runs from before both: optimal, 9 Hz)."""
+    return f"{r.get('sync_policy', 'optimal')}, thermal {r.get('thermal_hz', 9.0):g} Hz"
 
 
 def save(out_dir: Path, result: Dict[str, Any]) -> Tuple[Path, Path]:
@@ -517,7 +537,8 @@ def save(out_dir: Path, result: Dict[str, Any]) -> Tuple[Path, Path]:
                              'it away') from exc
 
     def key(r: Dict[str, Any]) -> tuple:
-        return r['method'], r['size'], r['device'], r['rate']
+        return (r['method'], r['size'], r['device'], r['rate'], r.get('sync_policy', 'optimal'),
+                r.get('thermal_hz', 9.0))
 
     runs = [r for r in runs if key(r) != key(result)] + [result]
     json_path.write_text(json.dumps({'runs': runs}, indent=2) + '\n')
@@ -544,9 +565,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--size', type=parse_size, default=(640, 512),
                         help='RGB WxH (thermal is half of it); default 640x512')
     parser.add_argument('--frames', type=int, default=300,
-                        help='RGB frames of the measured bag (30 Hz; thermal 9 Hz)')
+                        help='RGB frames of the measured bag (30 Hz; thermal --thermal-hz)')
     parser.add_argument('--rate', type=float, default=1.0,
                         help='playback speed factor (below 1 when the node cannot keep up)')
+    parser.add_argument('--sync-policy', choices=('optimal', 'greedy'), default='optimal',
+                        help="the node's sync_policy parameter (default: %(default)s)")
+    parser.add_argument('--thermal-hz', type=float, default=9.0,
+                        help='thermal rate of the bag, <= 30 (default: %(default)s)')
     group = parser.add_mutually_exclusive_group()
     group.add_argument('--weights', help='weights file for --method sfdfuse')
     group.add_argument('--random-weights', action='store_true',
@@ -579,6 +604,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f'--frames must be >= 4, got {args.frames}')
     if not args.rate > 0:
         parser.error(f'--rate must be > 0, got {args.rate}')
+    if not 0 < args.thermal_hz <= 30:
+        parser.error(f'--thermal-hz must be in (0, 30], got {args.thermal_hz}')
     if args.method == 'sfdfuse' and not (args.weights or args.random_weights):
         default = REPO / 'sfdfuse_core' / 'weights' / 'sfdfuse_lite_ivf.safetensors'
         if not default.is_file():

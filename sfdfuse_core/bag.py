@@ -583,7 +583,7 @@ def _copy_connection(writer, conn, typestore):
 
 
 def pair_stamps(thermal_stamps: List[int], rgb_stamps: List[int], slop: float = 0.05,
-                queue_size: int = 10) -> List[Tuple[int, int, int]]:
+                queue_size: int = 10, policy: str = 'optimal') -> List[Tuple[int, int, int]]:
     """Pair two stamp lists as the node would (for planning and checking, no images).
 
     The stamps are fed in time order; ties go thermal first.
@@ -592,10 +592,12 @@ def pair_stamps(thermal_stamps: List[int], rgb_stamps: List[int], slop: float = 
     :param rgb_stamps: RGB header stamps, ns.
     :param slop: largest stamp difference of a pair, seconds.
     :param queue_size: messages kept per stream.
+    :param policy: the pairer's policy, ``'optimal'`` or ``'greedy'`` (the node's
+        ``sync_policy``).
     :return: ``(pair_stamp_ns, thermal_stamp_ns, rgb_stamp_ns)`` per pair.
     """
     events = sorted([(s, THERMAL) for s in thermal_stamps] + [(s, RGB) for s in rgb_stamps])
-    pairer = ApproximateTimePairer(slop=slop, queue_size=queue_size)
+    pairer = ApproximateTimePairer(slop=slop, queue_size=queue_size, policy=policy)
     out = []
     for stamp, stream in events:
         out.extend(pairer.add(stream, stamp, stamp))

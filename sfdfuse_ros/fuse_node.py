@@ -9,13 +9,18 @@ Topics (relative names, so namespaces and remappings apply):
 * subscribes ``rgb/camera_info`` (optional) and republishes it as ``fused/camera_info``,
 * publishes ``fused/image`` with the RGB frame's header (stamp and frame_id), in ``bgr8`` (fused
   luminance with the RGB image's chroma) or ``mono8``,
+* with ``publish_compressed: true`` also publishes ``<fused/image after remapping>/compressed``
+  (``sensor_msgs/CompressedImage``, JPEG of ``jpeg_quality``, ``format`` and header as
+  image_transport's compressed plugin writes them), encoded by a thread of its own after
+  ``fused/image`` is out, so that encoding never delays it,
 * publishes ``/diagnostics`` once a second.
 
 Threading: the subscription callbacks only pair messages by header stamp
-(:class:`~sfdfuse_core.sync.ApproximateTimePairer`) and put the newest pair into a one-slot
-:class:`LatestPairMailbox`; a worker thread converts, normalises, aligns and fuses it. When fusion
-is slower than the cameras, the unread pair is replaced by the newer one (counted as
-``superseded``), so no queue builds up and latency stays bounded.
+(:class:`~sfdfuse_core.sync.ApproximateTimePairer`, policy ``sync_policy``) and hand the pairs to
+a :class:`LatestPairMailbox`; a worker thread converts, normalises, aligns and fuses them. A pair
+that arrives while the worker is idle is always fused (also when one message completes several
+pairs); while the worker is busy only the newest waiting pair is kept, the ones it replaces are
+counted as ``superseded``, so no queue builds up and latency stays bounded.
 
 Parameters, their defaults and which of them may change at run time are listed in
 ``config/fuse.yaml``; each descriptor says it too.
@@ -52,9 +57,10 @@ except ImportError:  # Humble
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
 from sfdfuse_core.fusion import Fuser
-from sfdfuse_core.imgmsg import ImageConversionError, decode_frame, fill_image_msg
-from sfdfuse_core.sync import (ApproximateTimePairer, header_stamp_ns, RGB, STREAM_NAMES,
-                               THERMAL)
+from sfdfuse_core.imgmsg import (decode_frame, encode_compressed, fill_image_msg,
+                                 ImageConversionError)
+from sfdfuse_core.sync import (ApproximateTimePairer, header_stamp_ns, POLICIES, RGB,
+                               STREAM_NAMES, THERMAL)
 from sfdfuse_core.thermal import ThermalNormalizer, align_thermal, parse_homography
 from sfdfuse_core.weights import WeightsError
 
@@ -84,6 +90,9 @@ SHUTDOWN_WAIT_S = 60.0
 #: node's logger at debug level each pair is also logged (``pair timing stamp_ns=...
 #: received_monotonic_s=... latency_ms=...``) for ``benchmarks/node_latency.py``.
 TIMINGS = ('latency', 'engine', 'overhead', 'sync', 'wait', 'convert', 'publish', 'fusion')
+#: Pairs that may wait for an idle worker at once (several pairs completed together, each kept);
+#: beyond it the oldest are superseded, as when the worker is busy.
+MAILBOX_IDLE_LIMIT = 8
 
 
 class StartupError(RuntimeError):
@@ -159,6 +168,12 @@ PARAMS: dict[str, ParamSpec] = {
         runtime=True, float_range=(0.0, 10.0)),
     'queue_size': ParamSpec(
         10, 'Frames kept per stream while waiting for a partner.', int_range=(1, 1000)),
+    'sync_policy': ParamSpec(
+        'optimal', "Pairing policy: 'optimal' emits a pair once it can no longer be improved "
+        '(the most pairs, each frame with its closest partner; a pair may wait about one frame '
+        "of the faster camera), 'greedy' pairs a frame at once with the closest queued partner "
+        "within slop (as message_filters' ApproximateTimeSynchronizer does: lower latency, not "
+        'always the closest partner).'),
     'thermal_mode': ParamSpec(
         'auto', "Thermal to 8-bit mapping: 'auto' (percentile range, temporally smoothed) or "
         "'fixed' (thermal_low..thermal_high).", runtime=True),
@@ -185,6 +200,13 @@ PARAMS: dict[str, ParamSpec] = {
     'output_encoding': ParamSpec(
         'bgr8', "'bgr8' (fused luminance with the RGB chroma) or 'mono8' (fused luminance).",
         runtime=True),
+    'publish_compressed': ParamSpec(
+        False, 'Also publish the fused image as JPEG (sensor_msgs/CompressedImage) on '
+        "<fused/image after remapping>/compressed, image_transport's compressed topic; encoded "
+        'by a thread of its own after fused/image is published.'),
+    'jpeg_quality': ParamSpec(
+        90, 'JPEG quality (1..100) of the compressed fused image.', runtime=True,
+        int_range=(1, 100)),
     'rgb_transport': ParamSpec(
         'raw', "'raw' subscribes rgb/image (sensor_msgs/Image); 'compressed' subscribes "
         'rgb/image/compressed (sensor_msgs/CompressedImage, JPEG/PNG).'),
@@ -225,6 +247,7 @@ class FuseSettings:
     homography_coords: str
     output_encoding: str
     stale_timeout: float
+    jpeg_quality: int = 90
 
     @classmethod
     def from_values(cls, values: dict[str, Any]) -> 'FuseSettings':
@@ -257,6 +280,9 @@ class FuseSettings:
         stale = float(values['stale_timeout'])
         if not stale > 0.0:
             raise ValueError(f'stale_timeout must be positive; got {stale}')
+        quality = values['jpeg_quality']
+        if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
+            raise ValueError(f'jpeg_quality must be an integer in 1..100; got {quality!r}')
         return cls(slop=slop,
                    thermal_mode=_choice('thermal_mode', values['thermal_mode'], THERMAL_MODES),
                    thermal_low=low, thermal_high=high,
@@ -266,7 +292,7 @@ class FuseSettings:
                                              HOMOGRAPHY_COORDS),
                    output_encoding=_choice('output_encoding', values['output_encoding'],
                                            OUTPUT_ENCODINGS),
-                   stale_timeout=stale)
+                   stale_timeout=stale, jpeg_quality=quality)
 
     def make_normalizer(self) -> ThermalNormalizer:
         """Build the thermal 16 -> 8 bit mapping these settings describe.
@@ -290,44 +316,91 @@ class PairJob:
 
 
 class LatestPairMailbox:
-    """One-slot mailbox between the subscription callbacks and the fusion worker.
+    """Hand-over between the subscription callbacks (or the worker) and a worker thread.
 
-    :meth:`put` replaces an unread item instead of queueing it, so the worker always gets the
-    newest pair and never falls behind.
+    An item offered while the worker is idle (not working on an item) is always handed over,
+    in order, even when several come at once (one message can complete several pairs); while the
+    worker is busy only the newest item offered since is kept, and the ones it replaces are
+    counted in :attr:`superseded`. So the worker never falls behind, and a pair is dropped only
+    when it waited while the worker was busy. (Before, the older of two pairs completed together
+    was dropped even with an idle worker: with 4 Hz cameras the third pair of every new
+    timeline, whose partner the pairer could only be sure of one frame later, was lost.)
+
+    The worker calls :meth:`get`, works on the item, then :meth:`task_done`.
+
+    :param idle_limit: most items kept for an idle worker (older ones beyond it are superseded).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, idle_limit: int = MAILBOX_IDLE_LIMIT) -> None:
         self._cond = threading.Condition()
-        self._item: Optional[Any] = None
+        #: ``(item, offered_while_idle)``, oldest first.
+        self._items: deque[tuple[Any, bool]] = deque()
+        self._busy = False
         self._closed = False
+        self._idle_limit = max(1, int(idle_limit))
         #: Items that were replaced before the worker took them.
         self.superseded = 0
 
-    def put(self, item: Any, skipped: int = 0) -> bool:
-        """Offer an item.
+    def put(self, item: Any) -> bool:
+        """Offer one item (see :meth:`put_all`).
 
         :param item: anything but ``None``.
-        :param skipped: older items the caller dropped in favour of this one (counted too).
-        :return: ``True`` when an unread item was replaced (and counted in :attr:`superseded`).
+        :return: ``True`` when a waiting item was superseded.
         """
+        return self.put_all([item]) > 0
+
+    def put_all(self, items: list) -> int:
+        """Offer items, oldest first.
+
+        :param items: the items (not ``None``).
+        :return: how many items (waiting ones or older ones of ``items``) were superseded.
+        """
+        if not items:
+            return 0
         with self._cond:
-            replaced = self._item is not None
-            self.superseded += skipped + int(replaced)
-            self._item = item
+            if self._busy:
+                # Items offered while the worker was idle stay; of the others the newest wins.
+                kept = [entry for entry in self._items if entry[1]]
+                dropped = len(self._items) - len(kept) + len(items) - 1
+                self._items = deque(kept)
+                self._items.append((items[-1], False))
+            else:
+                dropped = 0
+                self._items.extend((item, True) for item in items)
+                while len(self._items) > self._idle_limit:
+                    self._items.popleft()
+                    dropped += 1
+            self.superseded += dropped
             self._cond.notify()
-            return replaced
+            return dropped
 
     def get(self, timeout: float) -> Optional[Any]:
-        """Take the item, waiting up to ``timeout`` seconds.
+        """Take the oldest waiting item, waiting up to ``timeout`` seconds.
+
+        The worker is busy with the item until it calls :meth:`task_done` (or :meth:`get`).
 
         :param timeout: seconds to wait.
         :return: the item, or ``None`` on time-out or after :meth:`close`.
         """
         with self._cond:
-            if self._item is None and not self._closed:
+            self._busy = False
+            if not self._items and not self._closed:
                 self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return None if self._closed else item
+            if self._closed or not self._items:
+                return None
+            self._busy = True
+            return self._items.popleft()[0]
+
+    def task_done(self) -> None:
+        """Say that the worker finished the item it took (it is idle until the next one)."""
+        with self._cond:
+            self._busy = False
+
+    @property
+    def pending(self) -> int:
+        """Items waiting now."""
+        with self._cond:
+            return len(self._items)
 
     def close(self) -> None:
         """Wake the worker for good; later :meth:`get` calls return ``None``."""
@@ -349,6 +422,7 @@ class _Window:
         self.outputs = 0
         self.errors = 0
         self.timings_ms: dict[str, list[float]] = {name: [] for name in TIMINGS}
+        self.jpeg_ms: list[float] = []
         self.start = time.monotonic()
 
 
@@ -365,6 +439,8 @@ class FuseNode(Node):
         super().__init__('fuse_node', **kwargs)
         self._mailbox = LatestPairMailbox()
         self._worker: Optional[threading.Thread] = None
+        self._jpeg_box: Optional[LatestPairMailbox] = None
+        self._encoder: Optional[threading.Thread] = None
         self._fuser: Optional[Fuser] = None
         try:
             for name, spec in PARAMS.items():
@@ -377,6 +453,7 @@ class FuseNode(Node):
             self._method = _choice('method', values['method'], METHODS)
             self._device = _choice('device', values['device'], DEVICES)
             self._transport = _choice('rgb_transport', values['rgb_transport'], TRANSPORTS)
+            self._sync_policy = _choice('sync_policy', values['sync_policy'], POLICIES)
             in_rel = RELIABILITIES[_choice('input_reliability', values['input_reliability'],
                                            tuple(RELIABILITIES))]
             out_rel = RELIABILITIES[_choice('output_reliability', values['output_reliability'],
@@ -385,6 +462,10 @@ class FuseNode(Node):
             raise StartupError(f'invalid parameter: {exc}') from exc
         self._normalizer = self._settings.make_normalizer()
         self._fuser = self._load_fuser(values['method'], values['weights'])
+        # Described once: diagnostics must not depend on the fuser object (tests replace it).
+        self._network_name = getattr(self._fuser, 'network', None)
+        self._weights_path = getattr(self._fuser, 'weights_path', None)
+        self._device_name = str(getattr(self._fuser, 'device', self._device))
 
         self._stats_lock = threading.Lock()
         self._window = _Window()
@@ -399,7 +480,10 @@ class FuseNode(Node):
         self._started = time.monotonic()
         self._camera_infos: deque[CameraInfo] = deque(maxlen=30)
         self._pairer = ApproximateTimePairer(slop=self._settings.slop,
-                                             queue_size=int(values['queue_size']))
+                                             queue_size=int(values['queue_size']),
+                                             policy=self._sync_policy)
+        self._compressed_published = 0
+        self._compressed_errors = 0
 
         in_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=int(values['input_depth']),
                             reliability=in_rel, durability=DurabilityPolicy.VOLATILE)
@@ -412,6 +496,15 @@ class FuseNode(Node):
             CameraInfo, 'fused/camera_info', out_qos,
             event_callbacks=self._pub_events('fused/camera_info'))
         self._pub_diag = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._pub_compressed = None
+        self._compressed_topic = ''
+        if values['publish_compressed']:
+            # image_transport's name: the (remapped) base topic + '/compressed'.
+            self._compressed_topic = self.resolve_topic_name('fused/image') + '/compressed'
+            self._pub_compressed = self.create_publisher(
+                CompressedImage, self._compressed_topic, out_qos,
+                event_callbacks=self._pub_events(self._compressed_topic))
+            self._jpeg_box = LatestPairMailbox(idle_limit=1)
         rgb_topic, rgb_type = 'rgb/image', Image
         if self._transport == 'compressed':
             # image_transport's name: the (remapped) base topic + '/compressed'.
@@ -434,6 +527,10 @@ class FuseNode(Node):
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self._worker = threading.Thread(target=self._work, name='fuse_worker', daemon=True)
         self._worker.start()
+        if self._jpeg_box is not None:
+            self._encoder = threading.Thread(target=self._encode_loop, name='jpeg_encoder',
+                                             daemon=True)
+            self._encoder.start()
         self.get_logger().info(
             f'fusing {self._topics[0]} + {self._topics[1]} -> '
             f'{self.resolve_topic_name("fused/image")} (method={self._method}, '
@@ -517,13 +614,15 @@ class FuseNode(Node):
         self._offer(self._pairer.add(stream, header_stamp_ns(msg), (msg, received)))
 
     def _offer(self, pairs: list[tuple[int, Any, Any]]) -> None:
-        """Hand the newest pair of ``(message, receive time)`` items to the worker."""
+        """Hand pairs of ``(message, receive time)`` items to the worker, oldest first.
+
+        An idle worker gets all of them; a busy one only the newest (see the mailbox).
+        """
         if pairs:
-            _, (thermal, t_thermal), (rgb, t_rgb) = pairs[-1]
-            # Older pairs completed by the same message are superseded by the newest at once.
-            self._mailbox.put(PairJob(thermal=thermal, rgb=rgb, ready=time.monotonic(),
-                                      received=max(t_thermal, t_rgb)),
-                              skipped=len(pairs) - 1)
+            ready = time.monotonic()
+            self._mailbox.put_all([
+                PairJob(thermal=thermal, rgb=rgb, ready=ready, received=max(t_thermal, t_rgb))
+                for _, (thermal, t_thermal), (rgb, t_rgb) in pairs])
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         with self._stats_lock:
@@ -555,6 +654,38 @@ class FuseNode(Node):
                     self._window.errors += 1
                 self.get_logger().error(f'unexpected error while fusing: {exc!r}',
                                         throttle_duration_sec=LOG_THROTTLE_S)
+            finally:
+                self._mailbox.task_done()
+
+    def _encode_loop(self) -> None:
+        """Encode and publish the newest fused image as JPEG (``publish_compressed``)."""
+        box = self._jpeg_box
+        while box is not None and not box.closed:
+            job = box.get(timeout=0.2)
+            if job is None:
+                continue
+            fused, header, quality = job
+            try:
+                start = time.monotonic()
+                fmt, data = encode_compressed(fused, 'jpeg', jpeg_quality=quality)
+                msg = CompressedImage()
+                msg.header = header
+                msg.format = fmt
+                msg.data = data
+                encoded = time.monotonic()
+                self._pub_compressed.publish(msg)
+                with self._stats_lock:
+                    self._compressed_published += 1
+                    self._window.jpeg_ms.append((encoded - start) * 1e3)
+            except Exception as exc:  # noqa: B902 - the encoder must outlive any bad frame
+                if box.closed or not rclpy.ok(context=self.context):
+                    return
+                with self._stats_lock:
+                    self._compressed_errors += 1
+                self.get_logger().warning(f'cannot publish the compressed fused image: {exc!r}',
+                                          throttle_duration_sec=LOG_THROTTLE_S)
+            finally:
+                box.task_done()
 
     def _on_out_of_memory(self, job: PairJob, exc: BaseException) -> None:
         """Drop the pair, count it (fusion error, reason out_of_memory), free the CUDA cache."""
@@ -621,6 +752,8 @@ class FuseNode(Node):
         if info is not None:
             info.header = out.header
             self._pub_info.publish(info)
+        if self._jpeg_box is not None:  # encoded by the encoder thread, after the raw image
+            self._jpeg_box.put((fused, out.header, settings.jpeg_quality))
         end = time.monotonic()
         received = job.ready if job.received is None else job.received
         times = {  # milliseconds, see TIMINGS
@@ -665,6 +798,7 @@ class FuseNode(Node):
             out_of_memory = self._out_of_memory
             conversion_errors = list(self._conversion_errors)
             qos_events, last_output = self._qos_events, self._last_output
+            compressed = (self._compressed_published, self._compressed_errors)
         span = max(now - window.start, 1e-6)
         sync = self._pairer.stats.as_dict()
         idle = now - (last_output if last_output is not None else self._started)
@@ -701,11 +835,19 @@ class FuseNode(Node):
             ('incompatible_qos_events', qos_events),
             ('seconds_since_last_output', f'{idle:.2f}'),
             ('method', self._method),
-            ('network', self._fuser.network or '-'),
-            ('weights', self._fuser.weights_path or '-'),
-            ('device', str(self._fuser.device)),
+            ('network', self._network_name or '-'),
+            ('weights', self._weights_path or '-'),
+            ('device', self._device_name),
             ('output_encoding', settings.output_encoding),
+            ('sync_policy', self._sync_policy),
+            ('publish_compressed', self._pub_compressed is not None),
         ]
+        if self._jpeg_box is not None:
+            pairs += [('compressed_topic', self._compressed_topic),
+                      ('compressed_published', compressed[0]),
+                      ('compressed_dropped_superseded', self._jpeg_box.superseded),
+                      ('compressed_errors', compressed[1]),
+                      *_timing_stats({'jpeg_encode': window.jpeg_ms})]
         pairs += [(f'sync_{key}', value) for key, value in _flatten(sync)]
         status.values = [KeyValue(key=k, value=str(v)) for k, v in pairs]
         array = DiagnosticArray(status=[status])
@@ -716,6 +858,10 @@ class FuseNode(Node):
     def destroy_node(self) -> None:
         """Stop the worker, release the model, then destroy the ROS entities."""
         self._mailbox.close()
+        if self._jpeg_box is not None:
+            self._jpeg_box.close()
+        if self._encoder is not None and self._encoder.is_alive():
+            self._encoder.join(timeout=5.0)
         if self._worker is not None and self._worker.is_alive():
             self._worker.join(timeout=1.0)
             if self._worker.is_alive():

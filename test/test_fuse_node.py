@@ -26,8 +26,9 @@ try:
 except ImportError:  # Humble
     from rclpy.qos_event import SubscriptionEventCallbacks
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
-from rosutil import (FixtureNode, image_msg, PairPublisher, read_log, REPO_ROOT, ros_test_env,
-                     stamp_ns_of, start_node, stop_process, write_params)
+from rosutil import (FixtureNode, image_msg, PairPublisher, read_log, REPO_ROOT, rgb_frame,
+                     ros_test_env, stamp_ns_of, start_node, stop_process, thermal_frame,
+                     write_params)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from sfdfuse_ros.fuse_node import FuseNode, FuseSettings, LatestPairMailbox, PARAMS
 
@@ -121,17 +122,157 @@ def test_every_parameter_has_a_description_and_a_default_in_the_config() -> None
                 'rgb_transport'} & runtime
 
 
-def test_mailbox_keeps_only_the_newest_item_and_counts_the_rest() -> None:
-    box = LatestPairMailbox()
+def test_mailbox_gives_an_idle_worker_every_pair_and_a_busy_one_the_newest() -> None:
+    box = LatestPairMailbox(idle_limit=3)
     assert box.get(timeout=0.01) is None
-    assert box.put('a') is False
-    assert box.put('b') is True
-    assert box.put('c', skipped=2) is True
+    assert box.put_all(['a', 'b']) == 0  # the worker is idle: both are kept, in order
+    assert box.get(timeout=0.01) == 'a'  # busy with a from here
+    assert box.put('c') is False  # b came while the worker was idle: it stays, c waits
+    assert box.put('d') is True  # c waited while the worker was busy: d replaces it
+    assert box.put_all(['e', 'f']) == 2  # d, and e (older than f)
+    assert box.superseded == 3 and box.pending == 2
+    box.task_done()
+    assert box.get(timeout=0.01) == 'b'
+    box.task_done()
+    assert box.get(timeout=0.01) == 'f'
+    box.task_done()
+    assert box.get(timeout=0.01) is None
+    assert box.put_all(['g', 'h', 'i', 'j']) == 1  # idle, but beyond idle_limit: g
     assert box.superseded == 4
-    assert box.get(timeout=0.01) == 'c' and box.get(timeout=0.01) is None
-    box.put('d')
     box.close()
     assert box.get(timeout=1.0) is None and box.closed
+
+
+def _in_process_node(fx: FixtureNode, namespace: str, **params: object) -> FuseNode:
+    overrides = [Parameter('method', value='mean'), Parameter('device', value='cpu')]
+    overrides += [Parameter(k, value=v) for k, v in params.items()]
+    return FuseNode(context=fx.context, namespace=namespace, parameter_overrides=overrides)
+
+
+def _wait_idle(fx: FixtureNode, node: FuseNode, timeout: float = 5.0) -> None:
+    assert fx.wait_for(lambda: node._mailbox.pending == 0 and not node._mailbox._busy, timeout)
+
+
+def test_no_pair_is_lost_while_the_worker_is_idle(env: dict) -> None:
+    """Regression: 4 Hz cameras, the worker idle between pairs, one pair superseded anyway.
+
+    The pairer cannot be sure of a pair before it knows a stream's rate (three intervals), so
+    the third pair of a timeline waits for the next frames and comes out together with the
+    fourth; the node kept only the newest of pairs completed together, idle worker or not.
+    The report blamed a thermal frame of another size (it was the third); sizes play no part.
+    Here the thermal frame arrives first (smaller, it overtakes the RGB frame), stamped 1 ms
+    later; sizes change, the thermal camera restarts at another resolution (a 2 s gap), then
+    both restart on a clock 100 s back (a new timeline: the same wait again).
+    """
+    fx = FixtureNode('idle_test')
+    node = None
+    try:
+        node = _in_process_node(fx, '/idle')
+        fused: list[int] = []
+        real = node._fuse_and_publish
+
+        def recording(job: object) -> None:
+            fused.append(stamp_ns_of(job.rgb))
+            real(job)
+
+        node._fuse_and_publish = recording
+        sent: list[int] = []
+        plan = [((48, 64), (96, 128))] * 2 + [((24, 32), (96, 128))] + [((48, 64), (96, 128))] * 3
+        plan += [((60, 80), (96, 128))] * 4  # thermal restarted at another resolution
+        plan += [((30, 40), (120, 160))] * 5  # both restarted, on a clock 100 s back
+        stamp = 1_000 * 10**9
+        for k, (thermal_hw, rgb_hw) in enumerate(plan):
+            stamp += 250_000_000 if k not in (6, 10) else (2_250_000_000 if k == 6 else -10**11)
+            node._on_thermal(image_msg(thermal_frame(*thermal_hw, k), 'mono16',
+                                       stamp + 1_000_000, 'thermal_optical'))
+            node._on_rgb(image_msg(rgb_frame(*rgb_hw, k), 'bgr8', stamp, 'rgb_optical'))
+            sent.append(stamp)
+            _wait_idle(fx, node)
+        node._offer(node._pairer.flush())
+        _wait_idle(fx, node)
+        assert node._mailbox.superseded == 0
+        assert sorted(fused) == sorted(sent), (sorted(set(sent) - set(fused)), fused)
+        assert node._fused == len(plan) and node._pairer.stats.resets == 1
+    finally:
+        if node is not None:
+            node.destroy_node()
+        fx.close()
+
+
+def test_greedy_policy_pairs_without_waiting_for_the_next_rgb_frame(env: dict) -> None:
+    """10 Hz thermal 14 ms after an RGB frame, 30 Hz RGB, fed in real time to two nodes.
+
+    ``optimal`` holds each pair until the next RGB frame (about 20 ms); ``greedy`` releases it
+    on the thermal frame's arrival. Same pairs, same counters.
+    """
+    fx = FixtureNode('policy_test')
+    try:
+        made = {}
+        for policy in ('optimal', 'greedy'):
+            node = _in_process_node(fx, f'/{policy}', sync_policy=policy)
+            try:
+                rgb, thermal = rgb_frame(96, 128, 0.0), thermal_frame(48, 64, 0.0)
+                start, t0 = time.monotonic(), 5_000 * 10**9
+                for k in range(36):  # 1.2 s
+                    stamp = t0 + k * 33_333_333
+                    time.sleep(max(0.0, start + k / 30 - time.monotonic()))
+                    node._on_rgb(image_msg(rgb, 'bgr8', stamp, 'rgb_optical'))
+                    if k % 3 == 0:
+                        time.sleep(0.014)
+                        node._on_thermal(image_msg(thermal, 'mono16', stamp + 14_000_000,
+                                                   'thermal_optical'))
+                _wait_idle(fx, node)
+                with node._stats_lock:
+                    sync_ms = list(node._window.timings_ms['sync'])
+                made[policy] = (node._pairer.stats.as_dict(), sorted(sync_ms))
+                assert node._pairer.policy == policy
+            finally:
+                node.destroy_node()
+        (opt_stats, opt_sync), (greedy_stats, greedy_sync) = made['optimal'], made['greedy']
+        assert greedy_stats['paired'] == 12 and opt_stats['paired'] >= 11
+        assert greedy_stats.keys() == opt_stats.keys()
+        assert np.median(greedy_sync) < 2.0, greedy_sync  # released on arrival
+        assert np.median(opt_sync) > 10.0, opt_sync  # the next RGB frame, ~19 ms later
+    finally:
+        fx.close()
+
+
+def test_jpeg_encoding_never_delays_the_fused_image(env: dict) -> None:
+    """A JPEG encoder slowed to 300 ms: fused/image still goes out at once, JPEGs are dropped."""
+    import sfdfuse_ros.fuse_node as fuse_node_module
+
+    fx = FixtureNode('jpeg_test')
+    node = None
+    real_encode = fuse_node_module.encode_compressed
+
+    def slow_encode(*args: object, **kwargs: object) -> tuple:
+        time.sleep(0.3)
+        return real_encode(*args, **kwargs)
+
+    fuse_node_module.encode_compressed = slow_encode
+    try:
+        node = _in_process_node(fx, '/jpeg', publish_compressed=True, jpeg_quality=75)
+        assert node._compressed_topic == '/jpeg/fused/image/compressed'
+        rgb, thermal = rgb_frame(96, 128, 0.0), thermal_frame(48, 64, 0.0)
+        for k in range(20):  # 10 Hz for 2 s
+            stamp = 9_000 * 10**9 + k * 100_000_000
+            node._on_rgb(image_msg(rgb, 'bgr8', stamp, 'rgb_optical'))
+            node._on_thermal(image_msg(thermal, 'mono16', stamp, 'thermal_optical'))
+            time.sleep(0.1)
+        _wait_idle(fx, node)
+        assert fx.wait_for(lambda: node._jpeg_box.pending == 0, 2.0)
+        time.sleep(0.4)
+        with node._stats_lock:
+            latency = list(node._window.timings_ms['latency'])
+        assert node._fused == 20 and node._mailbox.superseded == 0
+        assert max(latency) < 150.0, latency  # the raw image never waited for the encoder
+        assert 3 <= node._compressed_published <= 12, node._compressed_published
+        assert node._jpeg_box.superseded == 20 - node._compressed_published
+    finally:
+        fuse_node_module.encode_compressed = real_encode
+        if node is not None:
+            node.destroy_node()
+        fx.close()
 
 
 @pytest.fixture(scope='module')
@@ -305,16 +446,20 @@ def test_sigint_stops_the_node_cleanly(io: NodeIO) -> None:
     assert 'Traceback' not in read_log(io.log)
 
 
-def test_compressed_rgb_in_a_namespace(env: dict, tmp_path: Path) -> None:
+def test_compressed_rgb_in_and_compressed_fused_out_in_a_namespace(env: dict, tmp_path: Path
+                                                                   ) -> None:
+    """Compressed RGB in; JPEG out on the remapped fused topic + /compressed (image_transport)."""
     params = write_params(tmp_path / 'params.yaml', {
         'method': 'max', 'device': 'cpu', 'rgb_transport': 'compressed',
-        'output_encoding': 'mono8'})
+        'output_encoding': 'mono8', 'publish_compressed': True, 'jpeg_quality': 80})
     log = tmp_path / 'node.log'
     proc = start_node(['--params-file', params, '-r', '__ns:=/rig',
-                       '-r', 'rgb/image:=/rig/camera/color'], env, log)
+                       '-r', 'rgb/image:=/rig/camera/color', '-r', 'fused/image:=/rig/out/fused'],
+                      env, log)
     fx = FixtureNode('compressed_test')
     try:
-        fused = fx.collect(Image, '/rig/fused/image')
+        fused = fx.collect(Image, '/rig/out/fused')
+        jpegs = fx.collect(CompressedImage, '/rig/out/fused/compressed')
         thermal_pub = fx.publisher(Image, '/rig/thermal/image')
         rgb_pub = fx.publisher(CompressedImage, '/rig/camera/color/compressed')
         assert fx.wait_for_subscribers([thermal_pub, rgb_pub], START_TIMEOUT), read_log(log)
@@ -335,6 +480,43 @@ def test_compressed_rgb_in_a_namespace(env: dict, tmp_path: Path) -> None:
         assert len(fused) >= 3, f'{len(fused)} fused images; log:\n{read_log(log)}'
         assert (fused[0].encoding, fused[0].height, fused[0].width) == ('mono8', *RGB_HW)
         assert fused[0].header.frame_id == 'color_optical'
+        assert fx.wait_for(lambda: len(jpegs) >= 2, 10.0), read_log(log)
+        raw = {stamp_ns_of(m): m for m in fused}
+        for jpeg_msg in jpegs:
+            assert jpeg_msg.format == 'mono8; jpeg compressed mono8'
+            assert jpeg_msg.header.frame_id == 'color_optical'
+            original = raw[stamp_ns_of(jpeg_msg)]  # the header of a fused image
+            decoded = cv2.imdecode(np.frombuffer(bytes(jpeg_msg.data), np.uint8),
+                                   cv2.IMREAD_UNCHANGED)
+            expected = np.frombuffer(bytes(original.data), np.uint8).reshape(RGB_HW)
+            assert decoded.shape == RGB_HW
+            assert np.abs(decoded.astype(int) - expected).mean() < 4.0
+        # run time: colour output and another JPEG quality
+        request = SetParameters.Request(parameters=[
+            Parameter('output_encoding', value='bgr8').to_parameter_msg(),
+            Parameter('jpeg_quality', value=30).to_parameter_msg()])
+        results = fx.call(SetParameters, '/rig/fuse_node/set_parameters', request).results
+        assert all(r.successful for r in results), [r.reason for r in results]
+        bad = SetParameters.Request(parameters=[
+            Parameter('jpeg_quality', value=0).to_parameter_msg()])
+        assert not fx.call(SetParameters, '/rig/fuse_node/set_parameters', bad).results[
+            0].successful
+        start = len(jpegs)
+        deadline = time.monotonic() + 20.0
+        while not any(m.format.startswith('bgr8') for m in jpegs[start:]) \
+                and time.monotonic() < deadline and proc.poll() is None:
+            stamp = fx.now_ns()
+            msg = CompressedImage(format='bgr8; jpeg compressed bgr8', data=jpeg.tobytes())
+            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+            msg.header.frame_id = 'color_optical'
+            rgb_pub.publish(msg)
+            thermal_pub.publish(image_msg(thermal, 'mono16', stamp, 'thermal_optical'))
+            time.sleep(0.1)
+        colour = [m for m in jpegs[start:] if m.format.startswith('bgr8')]
+        assert colour and colour[-1].format == 'bgr8; jpeg compressed bgr8', read_log(log)
+        decoded = cv2.imdecode(np.frombuffer(bytes(colour[-1].data), np.uint8),
+                               cv2.IMREAD_UNCHANGED)
+        assert decoded.shape == (*RGB_HW, 3)
         proc.send_signal(signal.SIGTERM)
         code = proc.wait(15.0)
         assert code == 0, f'exit status {code} after SIGTERM; log:\n{read_log(log)}'
