@@ -97,7 +97,9 @@ class BagFuseReport:
     :param sync_stats: the pairer's own statistics.
     :param seconds: wall time of the run.
     :param truncated: one line per storage file that was cut short (a recording that ended
-        abruptly), saying where reading stopped; empty for an intact bag.
+        abruptly) or is damaged inside, saying where reading stopped; empty for an intact bag.
+    :param cut_short: whether one of them ends early (a recording cut short) rather than only
+        holding damaged bytes.
     :param removed_partials: unfinished outputs of earlier, interrupted runs that were removed.
     """
 
@@ -118,6 +120,7 @@ class BagFuseReport:
     sync_stats: dict = field(default_factory=dict)
     seconds: float = 0.0
     truncated: List[str] = field(default_factory=list)
+    cut_short: bool = False
     removed_partials: List[str] = field(default_factory=list)
 
     @property
@@ -133,8 +136,17 @@ class BagFuseReport:
 
     @property
     def was_truncated(self) -> bool:
-        """Whether the input was cut short (only the prefix before the cut was read)."""
+        """Whether only a prefix of the input could be read (cut short, or damaged inside)."""
         return bool(self.truncated)
+
+    def input_problem(self) -> str:
+        """Say in one sentence what was wrong with the input ('' for an intact bag)."""
+        if not self.truncated:
+            return ''
+        what = ('the input was truncated (a recording cut short)' if self.cut_short else
+                'the input is damaged')
+        return (f'{what}; only the messages before the '
+                f'{"cut" if self.cut_short else "damage"} were fused. ' + ' '.join(self.truncated))
 
     def summary(self) -> str:
         """Return a human-readable multi-line summary."""
@@ -153,8 +165,10 @@ class BagFuseReport:
             for topic, n in self.read.items():
                 lines.append(f'  {topic}: {n}')
         if self.truncated:
-            lines.insert(0, f'INPUT TRUNCATED (a recording cut short): {self.in_path} was read '
-                         'up to the cut; every message before it is in the counts below')
+            head = ('INPUT TRUNCATED (a recording cut short)' if self.cut_short else
+                    'INPUT DAMAGED')
+            lines.insert(0, f'{head}: {self.in_path} was read up to where reading stopped; '
+                         'every message before it is in the counts below')
             lines[1:1] = [f'  {line}' for line in self.truncated]
         for name in self.removed_partials:
             lines.append(f'removed the unfinished output of an interrupted run: {name}')
@@ -442,6 +456,7 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
         report.removed_partials = remove_stale_partials(out_path)
         if isinstance(reader, SalvageReader):
             report.truncated = [t.describe() for t in reader.truncations]
+            report.cut_short = any(t.cut for t in reader.truncations)
         conns = {THERMAL: _check_topic(reader, thermal_topic, 'thermal'),
                  RGB: _check_topic(reader, rgb_topic, 'rgb')}
         stream_of = {c.id: s for s, cs in conns.items() for c in cs}

@@ -59,6 +59,8 @@ class Truncation:
     :param messages: messages read from this file.
     :param last_bag_time: bag time (ns) of the last message read, ``None`` when none was.
     :param expected_size: the size the file's own header declares (``.db3``), when known.
+    :param cut: ``True`` when the file ends early (a recording cut short); ``False`` when it
+        holds bytes that are not what they should be (damage inside the file).
     """
 
     path: Path
@@ -68,6 +70,7 @@ class Truncation:
     messages: int
     last_bag_time: Optional[int] = None
     expected_size: Optional[int] = None
+    cut: bool = True
 
     def describe(self) -> str:
         """Return one line saying where the file stopped, for reports and logs."""
@@ -149,7 +152,8 @@ class _McapFile:
                                'records were read)')
                     return
                 if op not in _KNOWN_OPS:
-                    self._stop(pos, f'no MCAP record here (opcode 0x{op:02x}): damaged data')
+                    self._stop(pos, f'no MCAP record here (opcode 0x{op:02x}): damaged data',
+                               cut=False)
                     return
                 if data_end:
                     pos += 9 + length
@@ -176,15 +180,15 @@ class _McapFile:
                     else:
                         yield from self._records(head + body, schemas, on_channel, whole=True)
                 except ValueError as exc:
-                    self._stop(pos, f'record 0x{op:02x}: {exc}')
+                    self._stop(pos, f'record 0x{op:02x}: {exc}', cut=False)
                     return
                 if op == _OP_DATA_END:
                     data_end = True
                 pos += 9 + length
 
-    def _stop(self, pos: int, reason: str) -> None:
+    def _stop(self, pos: int, reason: str, cut: bool = True) -> None:
         self.truncation = Truncation(self.path, self.size, pos, reason, self.count,
-                                     self.last_time)
+                                     self.last_time, cut=cut)
 
     @staticmethod
     def _chunk_header(body: bytes) -> tuple[int, int, str, int]:
@@ -375,9 +379,10 @@ class _Db3File:
                 yield cid, stamp, data
         except self._apsw.Error as exc:
             after = f'row {last_id}' if last_id is not None else 'the first row'
+            cut = self.expected_size is not None and self.expected_size > self.size
             self.truncation = Truncation(
                 self.path, self.size, self.size, f'SQLite cannot read past {after}: '
-                f'{type(exc).__name__}: {exc}', count, last, self.expected_size)
+                f'{type(exc).__name__}: {exc}', count, last, self.expected_size, cut=cut)
             return
         if self.expected_size is not None and self.expected_size > self.size:
             self.truncation = Truncation(

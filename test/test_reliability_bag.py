@@ -115,6 +115,7 @@ def test_truncated_bag_fuses_its_intact_prefix(bags: dict, fuser: Fuser, tmp_pat
     result = fuse_bag(cut, tmp_path / 'api', thermal_topic='/thermal/image',
                       rgb_topic='/rgb/image', fuser=fuser)
     assert result.was_truncated and len(result.truncated) == 1, result.summary()
+    assert result.cut_short and result.input_problem().startswith('the input was truncated')
     assert result.balanced and result.declared == full.read, result.summary()
     for topic, n in result.declared.items():  # read + unreadable == declared, per topic
         assert result.read[topic] + result.unreadable[topic] == n
@@ -217,6 +218,25 @@ def test_truncated_mcap_as_ros2_bag_record_writes_it(bags: dict, fuser: Fuser,
     assert result.was_truncated and result.balanced and result.fused > 0, result.summary()
     assert sum(result.read.values()) == sum(1 for c in _messages(bags['mcap'])[:got]
                                             if c[0].endswith('/image'))
+
+
+def test_damage_inside_an_mcap_without_its_end_is_said_as_damage(
+        bags: dict, fuser: Fuser, tmp_path: Path) -> None:
+    """Zeroed bytes at a record boundary (no MCAP record there), the end missing too."""
+    whole = tmp_path / 'rec.mcap'
+    _write_mcap_as_ros2_bag_record(bags['mcap'], whole, per_chunk=10)
+    raw = bytearray(whole.read_bytes())
+    third = _chunk_offsets(bytes(raw))[2][0]
+    raw[third:third + 64] = bytes(64)
+    damaged = tmp_path / 'damaged.mcap'
+    damaged.write_bytes(bytes(raw[:-100]))
+    result = fuse_bag(damaged, tmp_path / 'out', thermal_topic='/thermal/image',
+                      rgb_topic='/rgb/image', fuser=fuser)
+    assert result.was_truncated and not result.cut_short, result.summary()
+    assert f'stopped at byte {third}' in result.truncated[0] and 'damaged' in result.truncated[0]
+    assert 'INPUT DAMAGED' in result.summary() and result.balanced
+    assert sum(result.read.values()) == sum(  # the first two chunks, 20 messages
+        1 for topic, _ in _messages(bags['mcap'])[:20] if topic.endswith('/image'))
 
 
 def _chunk_offsets(raw: bytes) -> list[tuple[int, int]]:

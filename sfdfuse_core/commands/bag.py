@@ -132,9 +132,8 @@ def run_fuse(args: argparse.Namespace) -> int:
         print(f'sfdfuse bag fuse: {exc}', file=sys.stderr)
         return EXIT_USAGE
     print(report.summary())
-    if report.truncated:  # a recording cut short: fused up to the cut
-        print('sfdfuse bag fuse: WARNING: the input was truncated; only the messages before the '
-              'cut were fused. ' + ' '.join(report.truncated), file=sys.stderr)
+    if report.truncated:  # a recording cut short (or damaged): fused up to where it stops
+        print(f'sfdfuse bag fuse: WARNING: {report.input_problem()}', file=sys.stderr)
     if not report.complete:
         lost = ', '.join(f'{topic} {n} of {report.declared[topic]}'
                          for topic, n in report.unreadable.items() if n)
