@@ -54,10 +54,9 @@ def run(args: argparse.Namespace) -> int:
     :return: 0 if all pairs were fused, 1 if some were skipped, 2 for a usage error.
     """
     import cv2
-    from tqdm import tqdm
-
     from sfdfuse_core.fusion import Fuser, FusionInputError
     from sfdfuse_core.imageio import ImageReadError, list_pairs, read_image
+    from sfdfuse_core.progress import progress
     from sfdfuse_core.weights import WeightsError, WeightsNotFoundError
 
     for flag, folder in (('--ir', args.ir), ('--vi', args.vi)):
@@ -89,8 +88,8 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     written = {}
     fused = 0
-    for name, ir_path, vi_path in tqdm(listing.pairs, desc='fusing', unit='pair',
-                                       file=sys.stderr, disable=args.no_progress):
+    for name, ir_path, vi_path in progress(listing.pairs, desc='fusing', unit='pair',
+                                           file=sys.stderr, disable=args.no_progress):
         out_name = Path(name).with_suffix('.png').name
         if out_name in written:
             skipped.append((name, f'output {out_name} is already written for {written[out_name]}'))
