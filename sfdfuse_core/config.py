@@ -32,24 +32,41 @@ def _check_field_types(config: Any) -> None:
                             f'got {value!r} ({type(value).__name__})')
 
 
-def _from_dict(cls: Type[_C], values: Mapping[str, Any]) -> _C:
-    """Build config ``cls`` from a mapping; missing keys keep their defaults."""
-    if not isinstance(values, Mapping):
-        raise TypeError(f'{cls.__name__}.from_dict expects a mapping, got '
-                        f'{type(values).__name__}')
-    known = {field.name for field in dataclasses.fields(cls)}
-    unknown = sorted(str(key) for key in values if key not in known)
-    if unknown:
-        raise ValueError(f'unknown {cls.__name__} keys: {unknown}; '
-                         f'known keys are {sorted(known)}')
-    return cls(**dict(values))
+class _DictConfig:
+    """``to_dict`` / ``from_dict`` shared by the network configs (frozen dataclasses)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the configuration as a plain dict (JSON/YAML friendly).
+
+        :return: ``{field name: value}`` for every field.
+        """
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: Type[_C], values: Mapping[str, Any]) -> _C:
+        """Build a configuration from a mapping; missing keys keep their defaults.
+
+        :param values: field names to values, e.g. the output of :meth:`to_dict`.
+        :return: the configuration.
+        :raises TypeError: ``values`` is not a mapping, or a value has the wrong type.
+        :raises ValueError: ``values`` holds keys that are not fields, or a value is invalid.
+        """
+        if not isinstance(values, Mapping):
+            raise TypeError(f'{cls.__name__}.from_dict expects a mapping, got '
+                            f'{type(values).__name__}')
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(str(key) for key in values if key not in known)
+        if unknown:
+            raise ValueError(f'unknown {cls.__name__} keys: {unknown}; '
+                             f'known keys are {sorted(known)}')
+        return cls(**dict(values))
 
 
 __all__ = ['SFDFuseConfig', 'SFDFuseLiteConfig']
 
 
 @dataclass(frozen=True)
-class SFDFuseConfig:
+class SFDFuseConfig(_DictConfig):
     """Hyper-parameters of :class:`sfdfuse_core.model.SFDFuse`.
 
     Every channel count, depth and kernel size of the network is read from here.
@@ -142,27 +159,9 @@ class SFDFuseConfig:
             raise ValueError('int(dim // 2 * inn_expand_ratio) must be >= 1, got '
                              f'{int(self.dim // 2 * self.inn_expand_ratio)}')
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the configuration as a plain dict (JSON/YAML friendly).
-
-        :return: ``{field name: value}`` for every field.
-        """
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> 'SFDFuseConfig':
-        """Build a configuration from a mapping; missing keys keep their defaults.
-
-        :param values: field names to values, e.g. the output of :meth:`to_dict`.
-        :return: the configuration.
-        :raises TypeError: ``values`` is not a mapping, or a value has the wrong type.
-        :raises ValueError: ``values`` holds keys that are not fields, or a value is invalid.
-        """
-        return _from_dict(cls, values)
-
 
 @dataclass(frozen=True)
-class SFDFuseLiteConfig:
+class SFDFuseLiteConfig(_DictConfig):
     """Hyper-parameters of :class:`sfdfuse_core.model.SFDFuseLite`, the compact network.
 
     Every channel count and depth of the network is read from here. All feature maps are at
@@ -210,21 +209,3 @@ class SFDFuseLiteConfig:
         if not 0.0 <= self.negative_slope < 1.0:
             raise ValueError('SFDFuseLiteConfig.negative_slope must be in [0, 1), '
                              f'got {self.negative_slope!r}')
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the configuration as a plain dict (JSON/YAML friendly).
-
-        :return: ``{field name: value}`` for every field.
-        """
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> 'SFDFuseLiteConfig':
-        """Build a configuration from a mapping; missing keys keep their defaults.
-
-        :param values: field names to values, e.g. the output of :meth:`to_dict`.
-        :return: the configuration.
-        :raises TypeError: ``values`` is not a mapping, or a value has the wrong type.
-        :raises ValueError: ``values`` holds keys that are not fields, or a value is invalid.
-        """
-        return _from_dict(cls, values)

@@ -18,7 +18,7 @@ from torch import nn
 import torch.nn.functional as F
 
 __all__ = [
-    'drop_path', 'DropPath', 'LayerNorm2d', 'StarReLU', 'SquaredReLU',
+    'check_image_batch', 'drop_path', 'DropPath', 'LayerNorm2d', 'StarReLU', 'SquaredReLU',
     'haar_dwt', 'haar_idwt', 'HaarDWT',
     'TransposedSelfAttention', 'ShuffleGatedFFN', 'DualGatedFFN', 'GatedMlp',
     'RestormerBlock', 'LiteTransformerBlock',
@@ -34,6 +34,35 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------
 # Small helpers: stochastic depth, normalisation, activations
 # ----------------------------------------------------------------------------------------------
+
+def check_image_batch(name: str, x: torch.Tensor, channels: int, size_multiple: int = 1,
+                      min_size: int = 1) -> None:
+    """Raise unless ``x`` is a non-empty float ``(B, channels, H, W)`` batch of a usable size.
+
+    Shared by the networks' ``encode`` / ``decode`` / ``forward`` input checks.
+
+    :param name: argument name for the message.
+    :param x: the tensor to check.
+    :param channels: the channel count expected.
+    :param size_multiple: ``H`` and ``W`` must be multiples of this (1: any).
+    :param min_size: ``H`` and ``W`` must be at least this.
+    :raises TypeError: not a floating-point tensor.
+    :raises ValueError: wrong shape, empty, or a size the network cannot take.
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
+    if not x.is_floating_point():
+        raise TypeError(f'{name} must be a floating-point tensor in [0, 1], got {x.dtype}')
+    if x.ndim != 4 or x.shape[1] != channels:
+        raise ValueError(f'{name} must have shape (B, {channels}, H, W), got {tuple(x.shape)}')
+    if x.numel() == 0:
+        raise ValueError(f'{name} is empty: shape {tuple(x.shape)}')
+    h, w = x.shape[-2:]
+    if h % size_multiple or w % size_multiple or h < min_size or w < min_size:
+        even = ' (even)' if size_multiple == 2 else ''
+        raise ValueError(f'{name}: H and W must be multiples of {size_multiple}{even} and at '
+                         f'least {min_size} (forward pads for you), got {tuple(x.shape)}')
+
 
 def drop_path(x: torch.Tensor, drop_prob: float, training: bool) -> torch.Tensor:
     """Drop whole residual branches per sample (stochastic depth).

@@ -27,7 +27,7 @@ from torch import nn
 import torch.nn.functional as F
 
 from sfdfuse_core.config import SFDFuseLiteConfig
-from sfdfuse_core.model.blocks import HaarDWT, haar_idwt
+from sfdfuse_core.model.blocks import HaarDWT, check_image_batch, haar_idwt
 
 __all__ = ['ConvAct', 'GlobalChannelGate', 'DetailCoupling', 'LiteEncoder', 'BaseFusion',
            'DetailFusion', 'LiteDecoder', 'SFDFuseLite']
@@ -234,19 +234,8 @@ class SFDFuseLite(nn.Module):
         self.decoder = LiteDecoder(config)
 
     def _check_image(self, name: str, x: torch.Tensor, aligned: bool) -> None:
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
-        if not x.is_floating_point():
-            raise TypeError(f'{name} must be a floating-point tensor in [0, 1], got {x.dtype}')
-        channels = self.config.in_channels
-        if x.ndim != 4 or x.shape[1] != channels:
-            raise ValueError(f'{name} must have shape (B, {channels}, H, W), '
-                             f'got {tuple(x.shape)}')
-        if x.numel() == 0:
-            raise ValueError(f'{name} is empty: shape {tuple(x.shape)}')
-        if aligned and (x.shape[-2] % 2 or x.shape[-1] % 2):
-            raise ValueError(f'{name}: H and W must be even (forward pads for you), '
-                             f'got {tuple(x.shape)}')
+        multiple = self.size_multiple if aligned else 1
+        check_image_batch(name, x, self.config.in_channels, multiple, multiple)
 
     def _feature_shape(self, image: torch.Tensor) -> tuple[int, int, int, int]:
         return (image.shape[0], self.config.dim, image.shape[2] // 2, image.shape[3] // 2)

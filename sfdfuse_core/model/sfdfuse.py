@@ -20,7 +20,8 @@ import torch.nn.functional as F
 from sfdfuse_core.config import SFDFuseConfig
 from sfdfuse_core.model.blocks import (CGAFusion, ConvFormerBlock, DEConv, DualGatedFFN,
                                        FeatureInteractionBlock, HaarDWT, INNNode,
-                                       LiteTransformerBlock, RestormerBlock, ShuffleGatedFFN)
+                                       LiteTransformerBlock, RestormerBlock, ShuffleGatedFFN,
+                                       check_image_batch)
 
 __all__ = ['DetailBranch', 'SFDFuseEncoder', 'SFDFuseDecoder', 'SFDFuse']
 
@@ -210,22 +211,11 @@ class SFDFuse(nn.Module):
         :raises TypeError: not a floating-point tensor.
         :raises ValueError: wrong shape, empty, or (``aligned``) wrong size.
         """
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f'{name} must be a torch.Tensor, got {type(x).__name__}')
-        if not x.is_floating_point():
-            raise TypeError(f'{name} must be a floating-point tensor in [0, 1], got {x.dtype}')
-        channels = self.config.in_channels
-        if x.ndim != 4 or x.shape[1] != channels:
-            raise ValueError(f'{name} must have shape (B, {channels}, H, W), '
-                             f'got {tuple(x.shape)}')
-        if x.numel() == 0:
-            raise ValueError(f'{name} is empty: shape {tuple(x.shape)}')
         if aligned:
-            h, w = x.shape[-2:]
-            m = self.size_multiple
-            if h % m or w % m or h < self.min_size or w < self.min_size:
-                raise ValueError(f'{name}: H and W must be multiples of {m} and at least '
-                                 f'{self.min_size} (forward pads for you), got {tuple(x.shape)}')
+            check_image_batch(name, x, self.config.in_channels, self.size_multiple,
+                              self.min_size)
+        else:
+            check_image_batch(name, x, self.config.in_channels)
 
     def _check_features(self, name: str, x: torch.Tensor, shape: tuple[int, ...]) -> None:
         """Raise unless ``x`` is a tensor of exactly ``shape``.
