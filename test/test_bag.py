@@ -13,34 +13,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 from rosbags.rosbag2 import Reader, StoragePlugin, Writer
-from rosbags.typesys import Stores, get_typestore
 
+from bagutil import header_message, IMAGE, image_message, TS
 from sfdfuse_core import cli
 from sfdfuse_core.bag import BagError, BagOutputExistsError, BagTopicError, fuse_bag
 from sfdfuse_core.fusion import Fuser
 from sfdfuse_core.imgmsg import image_msg_to_array
 from sfdfuse_core.scene import SceneError, frames_from_folders, make_scene, write_scene_bag
 
-TS = get_typestore(Stores.ROS2_KILTED)
-IMAGE = 'sensor_msgs/msg/Image'
 T0 = 1_700_000_000_000_000_000
 THERMAL_HW = (12, 16)
 RGB_HW = (24, 32)
 N_THERMAL = 18   # 9 Hz for 2 s
 N_RGB = 60       # 30 Hz for 2 s
-
-
-def _header(stamp_ns: int, frame_id: str):
-    return TS.types['std_msgs/msg/Header'](
-        stamp=TS.types['builtin_interfaces/msg/Time'](sec=stamp_ns // 10 ** 9,
-                                                      nanosec=stamp_ns % 10 ** 9),
-        frame_id=frame_id)
-
-
-def _image(stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str):
-    return TS.types[IMAGE](header=_header(stamp_ns, frame_id), height=arr.shape[0],
-                           width=arr.shape[1], encoding=encoding, is_bigendian=0,
-                           step=arr.strides[0], data=np.frombuffer(arr.tobytes(), np.uint8))
 
 
 def thermal_stamps() -> list:
@@ -65,20 +50,20 @@ def write_test_bag(path: Path, storage: str = 'mcap', rgb_encoding: str = 'bgr8'
     for k, stamp in enumerate(thermal_stamps()):
         arr = (rng.integers(6000, 9000, THERMAL_HW) + 200 * k).astype(np.uint16)
         msgs.append((stamp + 5_000_000, c_th,
-                     TS.serialize_cdr(_image(stamp, 'thermal', arr, 'mono16'), IMAGE)))
+                     TS.serialize_cdr(image_message(stamp, 'thermal', arr, 'mono16'), IMAGE)))
     for i, stamp in enumerate(rgb_stamps()):
         arr = rng.integers(0, 256, RGB_HW + (3,), dtype=np.uint8)
         msgs.append((stamp + 2_000_000, c_rgb,
-                     TS.serialize_cdr(_image(stamp, 'rgb', arr, rgb_encoding), IMAGE)))
+                     TS.serialize_cdr(image_message(stamp, 'rgb', arr, rgb_encoding), IMAGE)))
     # Bad thermal: an encoding nobody knows. Bad RGB: CDR cut in the middle of the pixels.
-    odd = _image(T0 + 500_000_000, 'thermal', np.zeros(THERMAL_HW, np.uint16), 'mono16')
+    odd = image_message(T0 + 500_000_000, 'thermal', np.zeros(THERMAL_HW, np.uint16), 'mono16')
     odd.encoding = 'yuv9000'
     msgs.append((T0 + 505_000_000, c_th, TS.serialize_cdr(odd, IMAGE)))
-    cut = TS.serialize_cdr(_image(T0 + 1_002_000_000, 'rgb',
-                                  np.zeros(RGB_HW + (3,), np.uint8), rgb_encoding), IMAGE)
+    cut = TS.serialize_cdr(image_message(T0 + 1_002_000_000, 'rgb',
+                                         np.zeros(RGB_HW + (3,), np.uint8), rgb_encoding), IMAGE)
     msgs.append((T0 + 1_004_000_000, c_rgb, bytes(cut[:len(cut) // 2])))
     info = TS.types['sensor_msgs/msg/CameraInfo']
-    cam = info(header=_header(T0, 'rgb'), height=RGB_HW[0], width=RGB_HW[1],
+    cam = info(header=header_message(T0, 'rgb'), height=RGB_HW[0], width=RGB_HW[1],
                distortion_model='plumb_bob', d=np.zeros(5), k=np.eye(3).ravel(),
                r=np.eye(3).ravel(), p=np.zeros(12), binning_x=0, binning_y=0,
                roi=TS.types['sensor_msgs/msg/RegionOfInterest'](
@@ -251,10 +236,11 @@ def test_fuse_bag_compressed_rgb(tmp_path, mean_fuser):
     compressed = TS.types['sensor_msgs/msg/CompressedImage']
     for k, stamp in enumerate(thermal_stamps()[:6]):
         ir = np.full(THERMAL_HW, 7000 + 100 * k, np.uint16)
-        writer.write(c_th, stamp, TS.serialize_cdr(_image(stamp, 'ir', ir, 'mono16'), IMAGE))
+        writer.write(c_th, stamp,
+                     TS.serialize_cdr(image_message(stamp, 'ir', ir, 'mono16'), IMAGE))
     for stamp in rgb_stamps()[:18]:
         fmt, data = encode_compressed(np.full(RGB_HW + (3,), 90, np.uint8), 'png')
-        msg = compressed(header=_header(stamp, 'cam'), format=fmt,
+        msg = compressed(header=header_message(stamp, 'cam'), format=fmt,
                          data=np.frombuffer(data, np.uint8))
         writer.write(c_rgb, stamp, TS.serialize_cdr(msg, 'sensor_msgs/msg/CompressedImage'))
     writer.close()

@@ -22,9 +22,9 @@ import cv2
 import numpy as np
 import pytest
 from rosbags.rosbag2 import StoragePlugin, Writer
-from rosbags.typesys import Stores, get_typestore
 import yaml
 
+from bagutil import IMAGE, image_message, TS
 from sfdfuse_core import cli
 from sfdfuse_core.calibrate import (CalibrationError, PairCorners, apply_homography, calibrate,
                                     corner_distance, estimate, find_board, match_corner_order,
@@ -43,8 +43,6 @@ POSES = [((-24, -35, -9), (0.08, 0.02), 1.02), ((-8, -25, -6), (0.01, 0.12), 1.3
          ((-23, 30, 7), (0.17, 0.04), 1.13), ((26, 0, 7), (-0.08, 0.01), 1.05),
          ((-31, -36, 8), (-0.02, 0.12), 1.33), ((-9, 37, 3), (0.13, -0.03), 1.04),
          ((-26, -25, 4), (-0.19, -0.14), 1.32), ((-32, -3, 0), (0.06, 0.0), 1.37)]
-TS = get_typestore(Stores.ROS2_KILTED)
-IMAGE = 'sensor_msgs/msg/Image'
 
 
 def _rot(deg) -> np.ndarray:
@@ -289,18 +287,6 @@ def test_parse_board():
 
 # --- the command, the params file and the bag ---------------------------------------------------
 
-def _header(stamp_ns: int, frame_id: str):
-    return TS.types['std_msgs/msg/Header'](
-        stamp=TS.types['builtin_interfaces/msg/Time'](sec=stamp_ns // 10 ** 9,
-                                                      nanosec=stamp_ns % 10 ** 9),
-        frame_id=frame_id)
-
-
-def _image(stamp_ns: int, frame_id: str, arr: np.ndarray, encoding: str):
-    return TS.types[IMAGE](header=_header(stamp_ns, frame_id), height=arr.shape[0],
-                           width=arr.shape[1], encoding=encoding, is_bigendian=0,
-                           step=arr.strides[0], data=np.frombuffer(arr.tobytes(), np.uint8))
-
 
 def write_board_bag(path: Path, frames: list) -> None:
     """A 30 Hz RGB camera (bgr8) and a thermal camera (mono16) watching the board take a new
@@ -320,12 +306,12 @@ def write_board_bag(path: Path, frames: list) -> None:
         start = t0 + n * 3 * period
         for i in range(3):
             stamp = start + i * period
-            msgs.append((stamp, c_rgb, TS.serialize_cdr(_image(stamp, 'rgb', rgb, 'bgr8'),
+            msgs.append((stamp, c_rgb, TS.serialize_cdr(image_message(stamp, 'rgb', rgb, 'bgr8'),
                                                         IMAGE)))
         for i in (0, 2):
             stamp = start + i * period + 5_000_000
             msgs.append((stamp, c_th, TS.serialize_cdr(
-                _image(stamp, 'thermal', thermal, 'mono16'), IMAGE)))
+                image_message(stamp, 'thermal', thermal, 'mono16'), IMAGE)))
     for stamp, conn, raw in sorted(msgs, key=lambda m: m[0]):
         writer.write(conn, stamp + 1_000_000, raw)
     writer.close()

@@ -468,15 +468,20 @@ def test_compressed_rgb_in_and_compressed_fused_out_in_a_namespace(env: dict, tm
         ok, jpeg = cv2.imencode('.jpg', rgb)
         assert ok
         thermal = np.full(THERMAL_HW, 9000, np.uint16)
-        deadline = time.monotonic() + 30.0
-        while len(fused) < 3 and time.monotonic() < deadline and proc.poll() is None:
-            stamp = fx.now_ns()
-            msg = CompressedImage(format='bgr8; jpeg compressed bgr8', data=jpeg.tobytes())
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-            msg.header.frame_id = 'color_optical'
-            rgb_pub.publish(msg)
-            thermal_pub.publish(image_msg(thermal, 'mono16', stamp, 'thermal_optical'))
-            time.sleep(0.1)
+
+        def publish_pairs_until(done, timeout: float) -> None:
+            """Publish a compressed RGB + mono16 thermal pair every 0.1 s until ``done()``."""
+            deadline = time.monotonic() + timeout
+            while not done() and time.monotonic() < deadline and proc.poll() is None:
+                stamp = fx.now_ns()
+                msg = CompressedImage(format='bgr8; jpeg compressed bgr8', data=jpeg.tobytes())
+                msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
+                msg.header.frame_id = 'color_optical'
+                rgb_pub.publish(msg)
+                thermal_pub.publish(image_msg(thermal, 'mono16', stamp, 'thermal_optical'))
+                time.sleep(0.1)
+
+        publish_pairs_until(lambda: len(fused) >= 3, 30.0)
         assert len(fused) >= 3, f'{len(fused)} fused images; log:\n{read_log(log)}'
         assert (fused[0].encoding, fused[0].height, fused[0].width) == ('mono8', *RGB_HW)
         assert fused[0].header.frame_id == 'color_optical'
@@ -502,16 +507,8 @@ def test_compressed_rgb_in_and_compressed_fused_out_in_a_namespace(env: dict, tm
         assert not fx.call(SetParameters, '/rig/fuse_node/set_parameters', bad).results[
             0].successful
         start = len(jpegs)
-        deadline = time.monotonic() + 20.0
-        while not any(m.format.startswith('bgr8') for m in jpegs[start:]) \
-                and time.monotonic() < deadline and proc.poll() is None:
-            stamp = fx.now_ns()
-            msg = CompressedImage(format='bgr8; jpeg compressed bgr8', data=jpeg.tobytes())
-            msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
-            msg.header.frame_id = 'color_optical'
-            rgb_pub.publish(msg)
-            thermal_pub.publish(image_msg(thermal, 'mono16', stamp, 'thermal_optical'))
-            time.sleep(0.1)
+        publish_pairs_until(lambda: any(m.format.startswith('bgr8') for m in jpegs[start:]),
+                            20.0)
         colour = [m for m in jpegs[start:] if m.format.startswith('bgr8')]
         assert colour and colour[-1].format == 'bgr8; jpeg compressed bgr8', read_log(log)
         decoded = cv2.imdecode(np.frombuffer(bytes(colour[-1].data), np.uint8),

@@ -1,4 +1,5 @@
 """Tests of the compact network (:mod:`sfdfuse_core.model.lite`) and its shipped weights."""
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -207,9 +208,12 @@ def test_cli_defaults_need_no_weights(tmp_path: Path, capsys: pytest.CaptureFixt
 @pytest.mark.slow
 def test_a_pip_install_ships_and_loads_the_weights(tmp_path: Path) -> None:
     """The wheel holds the weights, and the package installed from it fuses with them."""
+    source = tmp_path / 'source'  # a copy: building writes build/ and *.egg-info/ in place
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(
+        '.git', '.venv', 'out', 'runs', 'build', 'install', 'log', '*.egg-info', '__pycache__'))
     wheels = tmp_path / 'wheels'
     build = subprocess.run([sys.executable, '-m', 'pip', 'wheel', '--no-deps',
-                            '--no-build-isolation', '-q', '-w', str(wheels), str(REPO)],
+                            '--no-build-isolation', '-q', '-w', str(wheels), str(source)],
                            capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
     wheel = next(wheels.glob('sfdfuse_ros-*.whl'))
