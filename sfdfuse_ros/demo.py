@@ -229,14 +229,15 @@ def _heavy_on_cpu(method: str, device: str, weights: Optional[str]) -> bool:
     return True
 
 
-def default_max_side(method: str, device: str,
-                     weights: Optional[str] = None) -> Tuple[int, Optional[str]]:
+def default_max_side(heavy_on_cpu: bool) -> Tuple[int, Optional[str]]:
     """Return the longer image side to use when no size is given, and a note when it is small.
 
     The published network on a CPU takes seconds per 320x256 frame, so the demo then uses 160
     pixels; the compact network (the default) and the baselines run at 320.
+
+    :param heavy_on_cpu: whether the node runs the published network on the CPU.
     """
-    if not _heavy_on_cpu(method, device, weights):
+    if not heavy_on_cpu:
         return 320, None
     return HEAVY_CPU_SIDE, ('note: no GPU, so the published network runs on the CPU: the demo '
                             f'uses small images ({HEAVY_CPU_SIDE} pixels wide) and plays slowly; '
@@ -337,8 +338,9 @@ def run_demo(out_dir: PathLike = 'out/demo', *, method: Optional[str] = None,
             log(note)
     if method not in DEFAULT_RATE:
         raise DemoError(f"method must be one of {', '.join(DEFAULT_RATE)}, got {method!r}")
+    heavy = _heavy_on_cpu(method, device, weights)
     if rate is None:
-        rate = HEAVY_CPU_RATE if _heavy_on_cpu(method, device, weights) else DEFAULT_RATE[method]
+        rate = HEAVY_CPU_RATE if heavy else DEFAULT_RATE[method]
     rate = float(rate)
     if not rate > 0:
         raise DemoError(f'rate must be > 0, got {rate}')
@@ -357,7 +359,7 @@ def run_demo(out_dir: PathLike = 'out/demo', *, method: Optional[str] = None,
             shutil.rmtree(old)
     for old in ('contact_sheet.png', 'summary.json'):
         (out_dir / old).unlink(missing_ok=True)
-    max_side, note = default_max_side(method, device, weights) if size is None else (0, None)
+    max_side, note = default_max_side(heavy) if size is None else (0, None)
     if note:
         log(note)
     frames = _build_frames(ir_dir, vi_dir, n_frames, size, max_side, seed)
