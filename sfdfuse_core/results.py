@@ -57,7 +57,7 @@ BASELINES = ('mean', 'max')
 NETWORK_ROWS = ('sfdfuse-lite', 'sfdfuse')
 
 #: What a network row says when there is no weights file.
-NOT_TRAINED = 'not trained yet (no weights file)'
+NOT_TRAINED = 'no weights file installed for this network'
 
 #: The metrics published tables report (no AG), the ones "beats CDDFuse" counts.
 PUBLISHED_METRICS = ('EN', 'SD', 'SF', 'MI', 'SCD', 'VIF', 'Qabf', 'SSIM')
@@ -572,7 +572,9 @@ def _goal_lines(report: Dict[str, Any]) -> List[str]:
         if not any(rows.values()):
             continue
         if any(row and row['status'] == 'not_trained' for row in rows.values()):
-            lines.append(f'- `{network}`: **no trained weights installed**: its rows say '
+            from sfdfuse_core.model import shipped_weights_path
+            lines.append(f'- `{network}`: **no trained weights installed** '
+                         f'(`{shipped_weights_path(network).name}` does not exist): its rows say '
                          f'"{NOT_TRAINED}" and show no number.')
             continue
         parts = []
