@@ -127,3 +127,36 @@ def test_losses_run_on_the_input_device():
     x = _rand(1, 1, 16, 16).cuda()
     assert ssim_loss(x, x).device.type == 'cuda'
     assert fusion_loss(x, x, x)['fusion'].device.type == 'cuda'
+
+
+def test_ssim_map_equals_the_two_dimensional_window_at_the_borders_too():
+    """The separable filtering is the 11x11 Gaussian window, reflect borders included."""
+    import torch.nn.functional as F
+
+    from sfdfuse_core.train.losses import gaussian_window
+
+    x, y = _rand(2, 1, 20, 24), _rand(2, 1, 20, 24, seed=1)
+    kernel = gaussian_window(11, 1.5)[None, None]  # (1, 1, 11, 11)
+
+    def local_mean(t):
+        return F.conv2d(F.pad(t, (5, 5, 5, 5), mode='reflect'), kernel)
+
+    mx, my = local_mean(x), local_mean(y)
+    vx, vy = local_mean(x * x) - mx ** 2, local_mean(y * y) - my ** 2
+    cxy = local_mean(x * y) - mx * my
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    expected = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2))
+    assert torch.allclose(ssim_map(x, y), expected, atol=1e-5)
+
+
+def test_source_ssim_term_and_zero_weight_terms():
+    """fusion_ssim_sources weighs the mean SSIM loss against Y and I; a 0-weight term is 0."""
+    vi, ir, fused = _rand(2, 1, 16, 16), _rand(2, 1, 16, 16, seed=1), _rand(2, 1, 16, 16, seed=2)
+    terms = fusion_loss(vi, ir, fused, LossWeights(fusion_ssim=0.0, fusion_ssim_sources=3.0))
+    sources = (float(ssim_loss(vi, fused)) + float(ssim_loss(ir, fused))) / 2
+    assert float(terms['ssim_sources']) == pytest.approx(sources, rel=1e-5)
+    assert float(terms['ssim']) == 0.0
+    expected = (float(terms['intensity']) + 10.0 * float(terms['gradient']) + 3.0 * sources)
+    assert float(terms['fusion']) == pytest.approx(expected, rel=1e-5)
+    published = fusion_loss(vi, ir, fused, LossWeights())
+    assert float(published['ssim_sources']) == 0.0 and float(published['ssim']) > 0

@@ -47,7 +47,9 @@ class LossWeights:
     Phase II (fusion), with ``M = max(Y, I)``::
 
         loss_II = intensity * L1(M, F) + fusion_gradient * L1(max(|gY|, |gI|), |gF|)
-                  + fusion_ssim * SSIMLoss(M, F) + fusion_decomp * L_decomp
+                  + fusion_ssim * SSIMLoss(M, F)
+                  + fusion_ssim_sources * (SSIMLoss(Y, F) + SSIMLoss(I, F)) / 2
+                  + fusion_decomp * L_decomp
 
     and ``L_decomp = cc(detail_V, detail_I)**2 / (decomp_offset + cc(base_V, base_I))``.
     """
@@ -72,6 +74,9 @@ class LossWeights:
     fusion_gradient: float = 10.0
     #: Phase II: weight of SSIMLoss(max(Y, I), F).
     fusion_ssim: float = 1.0
+    #: Phase II: weight of the mean of SSIMLoss(Y, F) and SSIMLoss(I, F): structure of each
+    #: source rather than of their maximum (0 in the published recipe).
+    fusion_ssim_sources: float = 0.0
     #: Phase II: weight of the decomposition loss.
     fusion_decomp: float = 2.0
     #: Side of the SSIM Gaussian window.
@@ -85,7 +90,7 @@ class LossWeights:
         :raises ValueError: a negative weight, a non-positive offset, or an even window.
         """
         for name in ('ssim', 'mse', 'recon_vi', 'recon_ir', 'decomp', 'gradient', 'intensity',
-                     'fusion_gradient', 'fusion_ssim', 'fusion_decomp'):
+                     'fusion_gradient', 'fusion_ssim', 'fusion_ssim_sources', 'fusion_decomp'):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f'loss weight {name} must be a number >= 0, got {value!r}')
@@ -114,6 +119,13 @@ def _check_images(**tensors: torch.Tensor) -> None:
         shape = tuple(x.shape)
 
 
+def _gaussian_1d(size: int, sigma: float, device: torch.device | None,
+                 dtype: torch.dtype) -> torch.Tensor:
+    coords = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
+    return (g / g.sum()).to(dtype)
+
+
 def gaussian_window(size: int, sigma: float, device: torch.device | None = None,
                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Build a normalised 2-D Gaussian window.
@@ -124,9 +136,7 @@ def gaussian_window(size: int, sigma: float, device: torch.device | None = None,
     :param dtype: its dtype.
     :return: ``(size, size)`` tensor summing to 1.
     """
-    coords = torch.arange(size, device=device, dtype=torch.float64) - (size - 1) / 2
-    g = torch.exp(-coords ** 2 / (2 * sigma ** 2))
-    g = g / g.sum()
+    g = _gaussian_1d(size, sigma, device, torch.float64)
     return torch.outer(g, g).to(dtype)
 
 
@@ -139,9 +149,24 @@ def _filter(x: torch.Tensor, kernel: torch.Tensor, mode: str) -> torch.Tensor:
     return F.conv2d(x, weight, groups=channels)
 
 
+def _separable_filter(x: torch.Tensor, g: torch.Tensor, mode: str) -> torch.Tensor:
+    """Depthwise correlation with the separable kernel ``outer(g, g)``, padded to keep ``(H, W)``.
+
+    The same as :func:`_filter` with ``torch.outer(g, g)`` (reflect padding commutes with the
+    two 1-D passes), at ``2k`` instead of ``k**2`` multiply-adds per pixel.
+    """
+    channels, k = x.shape[1], g.numel()
+    x = F.pad(x, (k // 2, k // 2, k // 2, k // 2), mode=mode)
+    row = g.to(x.dtype).view(1, 1, 1, k).expand(channels, 1, 1, k)
+    col = g.to(x.dtype).view(1, 1, k, 1).expand(channels, 1, k, 1)
+    return F.conv2d(F.conv2d(x, row, groups=channels), col, groups=channels)
+
+
 def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 1.5,
              data_range: float = 1.0) -> torch.Tensor:
     """Per-pixel SSIM of two image batches (kornia's ``metrics.ssim`` with ``padding='same'``).
+
+    The five local statistics are filtered in one separable depthwise pass.
 
     :param x: ``(B, C, H, W)`` float images.
     :param y: same shape as ``x``.
@@ -154,13 +179,13 @@ def ssim_map(x: torch.Tensor, y: torch.Tensor, window: int = 11, sigma: float = 
     if min(x.shape[-2:]) <= window // 2:
         raise ValueError(f'images must be larger than {window // 2} pixels for an SSIM window '
                          f'of {window}, got {tuple(x.shape)}')
-    kernel = gaussian_window(window, sigma, device=x.device, dtype=x.dtype)
+    g = _gaussian_1d(window, sigma, x.device, x.dtype)
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
-    mu_x = _filter(x, kernel, 'reflect')
-    mu_y = _filter(y, kernel, 'reflect')
-    sigma_x = _filter(x * x, kernel, 'reflect') - mu_x ** 2
-    sigma_y = _filter(y * y, kernel, 'reflect') - mu_y ** 2
-    sigma_xy = _filter(x * y, kernel, 'reflect') - mu_x * mu_y
+    stats = _separable_filter(torch.cat([x, y, x * x, y * y, x * y], dim=1), g, 'reflect')
+    mu_x, mu_y, xx, yy, xy = stats.chunk(5, dim=1)  # each (B, C, H, W)
+    sigma_x = xx - mu_x ** 2
+    sigma_y = yy - mu_y ** 2
+    sigma_xy = xy - mu_x * mu_y
     num = (2 * mu_x * mu_y + c1) * (2 * sigma_xy + c2)
     den = (mu_x ** 2 + mu_y ** 2 + c1) * (sigma_x + sigma_y + c2)
     return num / (den + 1e-12)
@@ -292,19 +317,29 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
     :param ir: infrared ``(B, 1, H, W)`` in ``[0, 1]``.
     :param fused: the fused image ``(B, 1, H, W)``.
     :param weights: the loss weights.
-    :return: ``{'intensity', 'gradient', 'ssim', 'fusion'}`` scalars; ``'fusion'`` is the
-        weighted sum.
+    :return: ``{'intensity', 'gradient', 'ssim', 'ssim_sources', 'fusion'}`` scalars;
+        ``'fusion'`` is the weighted sum (``'ssim_sources'`` is only computed when its weight
+        is not 0, else it is 0).
     """
     _check_images(ir=ir, fused=fused)
     target, target_grad = fusion_targets(vi, ir)
+    window, sigma = weights.ssim_window, weights.ssim_sigma
     terms = {
         'intensity': F.l1_loss(fused, target),
         'gradient': F.l1_loss(sobel_magnitude(fused), target_grad),
-        'ssim': ssim_loss(target, fused, weights.ssim_window, weights.ssim_sigma),
     }
+    # a term whose weight is 0 is reported as 0 and not computed (SSIM is the costly one)
+    terms['ssim'] = (ssim_loss(target, fused, window, sigma) if weights.fusion_ssim
+                     else fused.new_zeros(()))
+    if weights.fusion_ssim_sources:
+        terms['ssim_sources'] = (ssim_loss(vi[:, :1], fused, window, sigma)
+                                 + ssim_loss(ir, fused, window, sigma)) / 2
+    else:
+        terms['ssim_sources'] = fused.new_zeros(())
     terms['fusion'] = (weights.intensity * terms['intensity']
                        + weights.fusion_gradient * terms['gradient']
-                       + weights.fusion_ssim * terms['ssim'])
+                       + weights.fusion_ssim * terms['ssim']
+                       + weights.fusion_ssim_sources * terms['ssim_sources'])
     return terms
 
 
