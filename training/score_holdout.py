@@ -1,0 +1,90 @@
+"""Score candidate weights on the held-out training pairs, to choose among training runs.
+
+Fuses every held-out pair (``training/holdout.py``) with each candidate and with ``mean`` and
+``max``, scores it with the published metrics and protocol (as ``sfdfuse results``), and ranks
+the candidates: for each of the 8 published metrics the best candidate gets rank 1; the
+candidate with the lowest mean rank is the choice (ties: the lower held-out loss decides, so
+look at the table). TNO and RoadScene are never read.
+
+    python training/score_holdout.py --holdout out/ivf_split/holdout \\
+        --weights runs/a/final.safetensors runs/b/final.safetensors --out out/select.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def score(holdout: Path, sources: list[str], candidates: dict[str, object],
+          progress: bool = True) -> dict[str, dict[str, float]]:
+    """Return ``{name: {metric: mean over all held-out pairs}}`` for each fuser."""
+    from sfdfuse_core.imageio import list_pairs
+    from sfdfuse_core.results import _evaluate_method, _means
+
+    pairs = []
+    for source in sources:
+        listing = list_pairs(holdout / source / 'ir', holdout / source / 'vi')
+        pairs += [(f'{source}/{n}', ir, vi) for n, ir, vi in listing.pairs]
+    if not pairs:
+        raise ValueError(f'no held-out pairs under {holdout}')
+    table = {}
+    for name, fuser in candidates.items():
+        per_image, skipped, _, seconds = _evaluate_method(fuser, pairs, (), progress, name)
+        if skipped:
+            raise RuntimeError(f'{name}: {len(skipped)} pairs failed, e.g. '
+                               f'{next(iter(skipped.items()))}')
+        table[name] = dict(_means(per_image), pairs=len(per_image), seconds=seconds)
+    return table
+
+
+def ranks(table: dict[str, dict[str, float]], names: list[str]) -> dict[str, float]:
+    """Mean rank of each candidate over the 8 published metrics (1: best; all higher-better)."""
+    from sfdfuse_core.results import PUBLISHED_METRICS
+
+    total = {n: 0.0 for n in names}
+    for metric in PUBLISHED_METRICS:
+        order = sorted(names, key=lambda n: -table[n][metric])
+        for rank, n in enumerate(order, 1):
+            total[n] += rank
+    return {n: total[n] / len(PUBLISHED_METRICS) for n in names}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command line; see the module docstring."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--holdout', type=Path, required=True)
+    parser.add_argument('--sources', default='MSRS,LLVIP')
+    parser.add_argument('--weights', nargs='+', required=True, help='candidate weights files')
+    parser.add_argument('--out', type=Path, help='JSON file for the table')
+    parser.add_argument('--no-progress', action='store_true')
+    args = parser.parse_args(argv)
+
+    from sfdfuse_core.fusion import Fuser
+    from sfdfuse_core.results import PUBLISHED_METRICS
+
+    fusers: dict[str, object] = {m: Fuser(method=m, device='cpu') for m in ('mean', 'max')}
+    names = []
+    for path in args.weights:
+        name = str(path)
+        fusers[name] = Fuser(method='sfdfuse', weights=path, device='cpu')
+        names.append(name)
+    table = score(args.holdout, args.sources.split(','), fusers, not args.no_progress)
+    mean_rank = ranks(table, names)
+    width = max(len(n) for n in table)
+    print(f'{"":{width}s} ' + ' '.join(f'{m:>6s}' for m in PUBLISHED_METRICS) + '  mean rank')
+    for name, row in table.items():
+        rank = f'{mean_rank[name]:9.2f}' if name in mean_rank else ''
+        print(f'{name:{width}s} ' + ' '.join(f'{row[m]:6.3f}' for m in PUBLISHED_METRICS)
+              + f'  {rank}')
+    best = min(names, key=lambda n: mean_rank[n])
+    print(f'choice (lowest mean rank): {best}')
+    if args.out:
+        args.out.write_text(json.dumps({'table': table, 'mean_rank': mean_rank, 'choice': best},
+                                       indent=2, default=float))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
