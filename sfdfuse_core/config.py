@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, Mapping, Type, TypeVar
+from typing import Any, ClassVar, Dict, Mapping, Type, TypeVar
 
 _C = TypeVar('_C')
 
@@ -178,12 +178,26 @@ class SFDFuseLiteConfig(_DictConfig):
     base_dilation: int = 2
     #: Channel reduction of the base branch's global channel attention.
     base_reduction: int = 4
+    #: 3x3 conv + LeakyReLU layers of the detail branch before its coupling steps (0: the
+    #: coupling works on the stem's features directly, as CDDFuse's INN branch does).
+    detail_blocks: int = 0
     #: Invertible coupling steps of the detail branch (each: two 3x3 convs on channel halves).
-    detail_nodes: int = 2
+    detail_nodes: int = 1
+    #: 3x3 conv + LeakyReLU layers of the base fusion after its 1x1 merge of both modalities.
+    base_fusion_blocks: int = 0
+    #: Kernel side of the detail fusion's gate convolution (odd; 1: per-pixel).
+    gate_kernel: int = 1
+    #: 3x3 conv + LeakyReLU layers refining the gated detail features.
+    detail_refine_blocks: int = 1
     #: 3x3 conv + LeakyReLU layers of the decoder, the first one merging base and detail.
     decoder_blocks: int = 2
     #: Negative slope of every LeakyReLU.
     negative_slope: float = 0.1
+
+    #: Values of keys that a weights file's stored config lacks: the structure of the files
+    #: written before those keys existed (the first shipped sfdfuse-lite, 27,352 parameters).
+    ABSENT_KEY_VALUES: ClassVar[Dict[str, Any]] = {
+        'detail_blocks': 1, 'base_fusion_blocks': 1, 'gate_kernel': 3, 'detail_refine_blocks': 1}
 
     def __post_init__(self) -> None:
         """Check types and ranges.
@@ -196,13 +210,17 @@ class SFDFuseLiteConfig(_DictConfig):
             if getattr(self, name) <= 0:
                 raise ValueError(f'SFDFuseLiteConfig.{name} must be > 0, '
                                  f'got {getattr(self, name)!r}')
-        for name in ('encoder_blocks', 'detail_nodes'):
+        for name in ('encoder_blocks', 'detail_blocks', 'detail_nodes', 'base_fusion_blocks',
+                     'detail_refine_blocks'):
             if getattr(self, name) < 0:
                 raise ValueError(f'SFDFuseLiteConfig.{name} must be >= 0, '
                                  f'got {getattr(self, name)!r}')
         if self.dim % 2:
             raise ValueError(f'SFDFuseLiteConfig.dim must be even (the detail coupling splits it '
                              f'in two halves), got {self.dim}')
+        if self.gate_kernel <= 0 or self.gate_kernel % 2 == 0:
+            raise ValueError(f'SFDFuseLiteConfig.gate_kernel must be odd and > 0, '
+                             f'got {self.gate_kernel!r}')
         if self.dim // self.base_reduction < 1:
             raise ValueError(f'SFDFuseLiteConfig.base_reduction ({self.base_reduction}) must not '
                              f'exceed dim ({self.dim})')

@@ -47,7 +47,7 @@ from torch import nn
 from sfdfuse_core import __version__
 from sfdfuse_core.device import resolve_device
 from sfdfuse_core.model.registry import (DEFAULT_NETWORK, NETWORKS, NetworkConfig, build_model,
-                                         config_for, network_of,
+                                         config_for, network_of, network_spec,
                                          shipped_weights_path)
 from sfdfuse_core.fsutil import fsync_dir, zip_problem
 
@@ -135,6 +135,11 @@ def _short_list(items: list) -> str:
 
 def _config_from(network: str, config: Union[NetworkConfig, Mapping[str, Any]],
                  where: str) -> NetworkConfig:
+    if isinstance(config, Mapping):
+        # a key the file does not have was added after it was written: the structure the file
+        # holds is the one from before that key existed, not today's default
+        absent = getattr(network_spec(network).config_class, 'ABSENT_KEY_VALUES', {})
+        config = {**{k: v for k, v in absent.items() if k not in config}, **config}
     try:
         return config_for(network, config)
     except (TypeError, ValueError) as exc:

@@ -209,6 +209,9 @@ def _engines(model: nn.Module, settings: BenchSettings, log: Callable[[str], Non
     else:
         specs.append(('engine fp32 (torch)', dict(precision='fp32', compile='none',
                                                   backend='torch')))
+        if callable(getattr(model, 'fuse_for_cpu', None)):
+            specs.append(('engine fp32 (torch, unfused)', dict(precision='fp32', compile='none',
+                                                               backend='torch', fuse=False)))
         if settings.onnxruntime:
             specs.append(('engine fp32 (onnxruntime)', dict(backend='onnxruntime',
                                                             channels_last=False)))

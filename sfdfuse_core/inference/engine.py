@@ -55,8 +55,13 @@ Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 def available_cores() -> int:
     """CPU cores this process may run on (its affinity mask, else ``os.cpu_count()``).
 
+    ``SFDFUSE_THREADS=N`` in the environment caps it (e.g. in a node sharing its cores).
+
     :return: at least 1.
     """
+    cap = os.environ.get('SFDFUSE_THREADS', '').strip()
+    if cap.isdigit() and int(cap) >= 1:
+        return int(cap)
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except AttributeError:  # pragma: no cover - not Linux
@@ -185,13 +190,19 @@ class FusionEngine:
         graphs) or ``'inductor+cudagraphs'``. Graph modes need CUDA.
     :param channels_last: run convolutions in NHWC layout (usually faster with cuDNN/oneDNN).
     :param warmup_shapes: ``(height, width)`` sizes to compile/capture for in the constructor.
-    :param backend: ``'auto'`` (``'onnxruntime'`` for fp32 on the CPU when the package is
-        installed, else ``'torch'``), ``'torch'`` or ``'onnxruntime'`` (CPU, fp32 only; the
-        network is exported to ONNX in memory at start).
+    :param backend: ``'auto'`` (on the CPU in fp32 the backend the network's ``cpu_backend``
+        names, measured faster for it: ``'onnxruntime'`` for the full SFDFuse when the package
+        is installed, ``'torch'`` for SFDFuse-Lite; else ``'torch'``), ``'torch'`` (on the CPU
+        with the network's conv + activation pairs fused into one oneDNN kernel where it has
+        ``fuse_for_cpu``) or ``'onnxruntime'`` (CPU, fp32 only; the network is exported to ONNX
+        in memory at start).
     :param threads: CPU threads for torch / ONNX Runtime; ``None``: all available cores. Setting
         torch's thread count is process-wide (``torch.set_num_threads``).
     :param cache_size: padded shapes kept compiled/captured at once (least recently used are
         dropped).
+    :param fuse: with the CPU torch backend, call the network's ``fuse_for_cpu`` (fused
+        convolution + activation kernels, folded fixed transforms) where it has one; ``False``
+        runs the plain eager layers (for comparison).
     :raises ValueError: unknown option, a GPU-only option on the CPU, both ``weights`` and
         ``model``, or an invalid warm-up shape.
     :raises TypeError: ``model`` is not an ``nn.Module``.
@@ -203,7 +214,8 @@ class FusionEngine:
                  device: Union[str, torch.device] = 'auto', precision: str = 'auto',
                  compile: str = 'auto', channels_last: bool = True,
                  warmup_shapes: Iterable[Tuple[int, int]] = (), backend: str = 'auto',
-                 threads: Optional[int] = None, cache_size: int = 4) -> None:
+                 threads: Optional[int] = None, cache_size: int = 4,
+                 fuse: bool = True) -> None:
         """Resolve the options, prepare the model and warm up (see the class docstring)."""
         for name, value, allowed in (('precision', precision, PRECISIONS),
                                      ('compile', compile, COMPILE_MODES),
@@ -216,22 +228,27 @@ class FusionEngine:
             raise ValueError(f'threads must be None or an int >= 1, got {threads!r}')
         self.device = resolve_device(device)
         cuda = self.device.type == 'cuda'
+        if model is not None:
+            if weights is not None:
+                raise ValueError('give either weights or model, not both')
+            if not isinstance(model, nn.Module):
+                raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
         if precision == 'auto':
             precision = 'bf16' if cuda and torch.cuda.is_bf16_supported() else 'fp32'
-        if backend == 'auto':
-            backend = ('onnxruntime' if not cuda and precision == 'fp32'
-                       and compile in ('auto', 'none') and _onnxruntime_available() else 'torch')
-        if compile == 'auto':
-            compile = 'inductor+cudagraphs' if cuda and backend == 'torch' else 'none'
         if 'cudagraphs' in compile and not cuda:
             raise ValueError(f'compile={compile!r} needs a CUDA device, got {str(self.device)!r}')
-        if backend == 'onnxruntime':
-            if cuda:
-                raise ValueError("backend='onnxruntime' is the CPU backend; got device "
-                                 f'{str(self.device)!r} (use the torch backend on the GPU)')
-            if precision != 'fp32' or compile != 'none':
-                raise ValueError("backend='onnxruntime' runs fp32 without torch.compile, got "
-                                 f'precision={precision!r}, compile={compile!r}')
+        self._check_onnxruntime(backend, cuda, precision, compile)
+        if model is None:
+            model = load_model(weights, device=self.device)
+        if backend == 'auto':
+            # each network says which CPU backend was measured faster for it (the full network:
+            # ONNX Runtime; the compact one: torch with fused convolutions)
+            preferred = getattr(model, 'cpu_backend', 'onnxruntime')
+            backend = ('onnxruntime' if not cuda and precision == 'fp32' and preferred ==
+                       'onnxruntime' and compile in ('auto', 'none') and _onnxruntime_available()
+                       else 'torch')
+        if compile == 'auto':
+            compile = 'inductor+cudagraphs' if cuda and backend == 'torch' else 'none'
         self.precision = precision
         self.compile = compile
         self.backend = backend
@@ -243,17 +260,13 @@ class FusionEngine:
             if backend == 'torch':
                 keep_freed_memory()  # ONNX Runtime has its own arena
 
-        if model is not None:
-            if weights is not None:
-                raise ValueError('give either weights or model, not both')
-            if not isinstance(model, nn.Module):
-                raise TypeError(f'model must be a torch.nn.Module, got {type(model).__name__}')
-        else:
-            model = load_model(weights, device=self.device)
         model = model.to(self.device).eval()
         fold = getattr(model, 'fold_deconv', None)
         if callable(fold):
             fold()
+        fuse_for_cpu = getattr(model, 'fuse_for_cpu', None)
+        if fuse and not cuda and backend == 'torch' and callable(fuse_for_cpu):
+            fuse_for_cpu()  # conv + activation as one kernel where the network has them
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -268,6 +281,17 @@ class FusionEngine:
         self._ort: Optional[_OrtRunner] = (_OrtRunner(model, self.threads)
                                            if backend == 'onnxruntime' else None)
         self.warmup(warmup_shapes)
+
+    def _check_onnxruntime(self, backend: str, cuda: bool, precision: str, compile: str) -> None:
+        """Refuse options that ONNX Runtime cannot run with, before any weights are loaded."""
+        if backend != 'onnxruntime':
+            return
+        if cuda:
+            raise ValueError("backend='onnxruntime' is the CPU backend; got device "
+                             f'{str(self.device)!r} (use the torch backend on the GPU)')
+        if precision != 'fp32' or compile not in ('auto', 'none'):
+            raise ValueError("backend='onnxruntime' runs fp32 without torch.compile, got "
+                             f'precision={precision!r}, compile={compile!r}')
 
     def __repr__(self) -> str:
         """Describe the settings."""

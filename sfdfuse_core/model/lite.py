@@ -9,7 +9,8 @@ CVPR 2023) and spends its arithmetic where a CPU can afford it:
   inverse transform brings the result back to full resolution, losslessly;
 * a shared encoder gives each modality **base** features (a dilated view plus a global channel
   attention: low-frequency, scene-level content that the two modalities share) and **detail**
-  features (invertible coupling steps over the two channel halves, as CDDFuse's INN branch);
+  features (an invertible coupling step over the two channel halves of the shared features, as
+  CDDFuse's INN branch);
   the correlation-driven decomposition loss trains them apart, as for the full network;
 * the modalities **interact** in two fusion layers: the base features are merged by a
   convolution over both, the detail features by a per-pixel, per-channel gate computed from
@@ -17,8 +18,12 @@ CVPR 2023) and spends its arithmetic where a CPU can afford it:
 * the decoder merges base and detail, predicts the four subbands of a correction, and adds it
   to the **visible input** after the inverse Haar transform.
 
-At 640x512 the network costs about 6 GFLOP and 37.6 k parameters
-(``sfdfuse_core.inference.cost.model_cost``); the full SFDFuse network costs 1.7 TFLOP.
+With the default :class:`~sfdfuse_core.config.SFDFuseLiteConfig` it has 17,448 parameters and
+costs 3.9 GFLOP per 640x512 pair (``sfdfuse_core.inference.cost.model_cost``); the full SFDFuse
+network costs 1.7 TFLOP. Its layers were chosen by measured CPU time, not only FLOPs: the
+8-channel coupling convolutions and every concatenation or element-wise pass cost more time
+than their arithmetic suggests, so there is one coupling step, the gate is 1x1, and the engine
+runs each convolution with its activation as one kernel (:meth:`SFDFuseLite.fuse_for_cpu`).
 """
 from __future__ import annotations
 
@@ -33,8 +38,19 @@ __all__ = ['ConvAct', 'GlobalChannelGate', 'DetailCoupling', 'LiteEncoder', 'Bas
            'DetailFusion', 'LiteDecoder', 'SFDFuseLite']
 
 
+def _fused_conv_available() -> bool:
+    """Whether this torch build has oneDNN's convolution with a fused element-wise epilogue."""
+    return (torch.backends.mkldnn.is_available()
+            and hasattr(torch.ops.mkldnn, '_convolution_pointwise'))
+
+
 class ConvAct(nn.Module):
     """A ``k x k`` convolution followed by a LeakyReLU (``'same'`` zero padding).
+
+    With :attr:`fused` set (:meth:`SFDFuseLite.fuse_for_cpu`), CPU float32 inference runs the
+    two as one oneDNN kernel (the activation applied while the output is still in cache, the
+    same numbers); training, autograd, tracing/export and other devices or dtypes take the
+    plain path.
 
     :param in_channels: input channels.
     :param out_channels: output channels.
@@ -50,9 +66,28 @@ class ConvAct(nn.Module):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size,
                               padding=dilation * (kernel_size // 2), dilation=dilation)
         self.act = nn.LeakyReLU(negative_slope)
+        #: Run conv + activation as one oneDNN kernel where that is possible (inference only).
+        self.fused = False
+
+    def _can_fuse(self, x: torch.Tensor) -> bool:
+        return (self.fused and not self.training and not torch.is_grad_enabled()
+                and x.device.type == 'cpu' and x.dtype == torch.float32
+                and self.conv.weight.dtype == torch.float32
+                and not torch.jit.is_tracing() and not torch.jit.is_scripting()
+                and not torch.is_autocast_enabled('cpu'))
+
+    def fused_call(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Convolution + activation as one oneDNN kernel (``weight``: instead of the layer's)."""
+        conv = self.conv
+        return torch.ops.mkldnn._convolution_pointwise(
+            x, conv.weight if weight is None else weight, conv.bias, list(conv.padding),
+            list(conv.stride), list(conv.dilation), conv.groups, 'leaky_relu',
+            [self.act.negative_slope], '')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer: ``(B, in, H, W) -> (B, out, H, W)``."""
+        if self._can_fuse(x):
+            return self.fused_call(x)
         return self.act(self.conv(x))
 
 
@@ -118,21 +153,43 @@ class LiteEncoder(nn.Module):
                                     for _ in range(config.encoder_blocks)])
         self.base = nn.Sequential(ConvAct(dim, dim, slope, dilation=config.base_dilation),
                                   GlobalChannelGate(dim, config.base_reduction))
-        self.detail = nn.Sequential(ConvAct(dim, dim, slope),
+        self.detail = nn.Sequential(*[ConvAct(dim, dim, slope)
+                                      for _ in range(config.detail_blocks)],
                                     DetailCoupling(dim, config.detail_nodes, slope))
+
+    def fold_haar(self) -> None:
+        """Fold the Haar analysis into the embedding for the fused inference path.
+
+        ``bands = A @ pixel_unshuffle(x)`` per 2x2 block (``A``: the 4x4 filter bank), so the
+        embedding convolution over the bands equals one over the unshuffled pixels with weights
+        ``W A``: a permutation replaces the strided transform. Kept as a non-persistent buffer
+        (not in the state dict; recomputed by each call).
+        """
+        weight = self.embed.conv.weight  # (dim, 4 * C, k, k), input channel c * 4 + band
+        dim, channels = weight.shape[0], weight.shape[1] // 4
+        bank = self.dwt.filters.reshape(4, 4).to(weight)  # (band, pixel a * 2 + b)
+        folded = torch.einsum('ockxy,km->ocmxy', weight.detach().reshape(dim, channels, 4,
+                                                                         *weight.shape[2:]), bank)
+        self.register_buffer('embed_folded', folded.reshape(weight.shape).contiguous(),
+                             persistent=False)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode images ``(B, in_channels, H, W)``, ``H`` and ``W`` even.
 
         :return: ``(base, detail)``, each ``(B, dim, H/2, W/2)``.
         """
-        bands = self.dwt(x).flatten(1, 2)  # (B, 4 * in_channels, H/2, W/2)
-        features = self.stem(self.embed(bands))
+        folded = getattr(self, 'embed_folded', None)
+        if folded is not None and self.embed._can_fuse(x):
+            features = self.embed.fused_call(F.pixel_unshuffle(x, 2), folded)
+        else:
+            bands = self.dwt(x).flatten(1, 2)  # (B, 4 * in_channels, H/2, W/2)
+            features = self.embed(bands)
+        features = self.stem(features)
         return self.base(features), self.detail(features)
 
 
 class BaseFusion(nn.Module):
-    """Merge the two modalities' base features: 1x1 over both, then a 3x3.
+    """Merge the two modalities' base features: 1x1 over both, then ``base_fusion_blocks`` 3x3.
 
     :param config: network configuration.
     """
@@ -142,7 +199,8 @@ class BaseFusion(nn.Module):
         super().__init__()
         dim, slope = config.dim, config.negative_slope
         self.body = nn.Sequential(ConvAct(2 * dim, dim, slope, kernel_size=1),
-                                  ConvAct(dim, dim, slope))
+                                  *[ConvAct(dim, dim, slope)
+                                    for _ in range(config.base_fusion_blocks)])
 
     def forward(self, base_v: torch.Tensor, base_i: torch.Tensor) -> torch.Tensor:
         """Fuse ``(B, dim, h, w)`` visible and infrared base features into one such map."""
@@ -151,6 +209,9 @@ class BaseFusion(nn.Module):
 
 class DetailFusion(nn.Module):
     """Gate between the two modalities' detail features, per pixel and channel, then refine.
+
+    The gate is a ``gate_kernel`` convolution over both; the refinement
+    ``detail_refine_blocks`` 3x3 layers.
 
     ``fused = d_i + sigmoid(conv([d_v, d_i])) * (d_v - d_i)``.
 
@@ -161,13 +222,26 @@ class DetailFusion(nn.Module):
         """Create the layers; see the class docstring."""
         super().__init__()
         dim, slope = config.dim, config.negative_slope
-        self.gate = nn.Conv2d(2 * dim, dim, 3, padding=1)
-        self.refine = ConvAct(dim, dim, slope)
+        k = config.gate_kernel
+        self.gate = nn.Conv2d(2 * dim, dim, k, padding=k // 2)
+        blocks = config.detail_refine_blocks
+        # one block is a bare layer, so its parameter names are those of the files written
+        # before the block count was configurable
+        self.refine = (ConvAct(dim, dim, slope) if blocks == 1 else
+                       nn.Sequential(*[ConvAct(dim, dim, slope) for _ in range(blocks)]))
 
     def forward(self, detail_v: torch.Tensor, detail_i: torch.Tensor) -> torch.Tensor:
         """Fuse ``(B, dim, h, w)`` visible and infrared detail features into one such map."""
-        gate = torch.sigmoid(self.gate(torch.cat([detail_v, detail_i], dim=1)))
-        return self.refine(detail_i + gate * (detail_v - detail_i))
+        both = torch.cat([detail_v, detail_i], dim=1)  # (B, 2 dim, h, w)
+        first = self.refine if isinstance(self.refine, ConvAct) else next(iter(self.refine), None)
+        if isinstance(first, ConvAct) and first._can_fuse(both):
+            conv = self.gate  # the sigmoid as the convolution's epilogue (inference, CPU)
+            gate = torch.ops.mkldnn._convolution_pointwise(
+                both, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
+                list(conv.dilation), conv.groups, 'sigmoid', [], '')
+        else:
+            gate = torch.sigmoid(self.gate(both))
+        return self.refine(torch.lerp(detail_i, detail_v, gate))  # d_i + gate (d_v - d_i)
 
 
 class LiteDecoder(nn.Module):
@@ -175,6 +249,30 @@ class LiteDecoder(nn.Module):
 
     :param config: network configuration.
     """
+
+    def fold_haar(self) -> None:
+        """Fold the Haar synthesis into the head for the fused inference path.
+
+        The inverse transform of one 2x2 block is ``A^T @ bands`` followed by a pixel shuffle,
+        so the head with weights ``A^T W`` (and bias ``A^T b``) and ``pixel_shuffle`` equal head
+        + inverse transform. Kept as non-persistent buffers.
+        """
+        weight, bias = self.head.weight.detach(), self.head.bias.detach()  # (4 C, dim, k, k)
+        channels = weight.shape[0] // 4
+        bank = self.dwt.filters.reshape(4, 4).to(weight)  # (band, pixel)
+        folded_w = torch.einsum('km,ckixy->cmixy', bank,
+                                weight.reshape(channels, 4, *weight.shape[1:]))
+        folded_b = torch.einsum('km,ck->cm', bank, bias.reshape(channels, 4))
+        self.register_buffer('head_folded_weight', folded_w.reshape(weight.shape).contiguous(),
+                             persistent=False)
+        self.register_buffer('head_folded_bias', folded_b.reshape(-1).contiguous(),
+                             persistent=False)
+
+    @property
+    def head_folded(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """``(weight, bias)`` of the head with the inverse Haar folded in, once folded."""
+        weight = getattr(self, 'head_folded_weight', None)
+        return None if weight is None else (weight, self.head_folded_bias)
 
     def __init__(self, config: SFDFuseLiteConfig) -> None:
         """Create the decoder; see the class docstring."""
@@ -195,7 +293,14 @@ class LiteDecoder(nn.Module):
         :return: ``(B, C, H, W)``: ``vi`` plus the decoded correction; clamped to ``[0, 1]``
             in eval mode (in training mode unclamped, so that every pixel has a gradient).
         """
-        bands = self.head(self.body(torch.cat([base, detail], dim=1)))  # (B, 4C, H/2, W/2)
+        features = self.body(torch.cat([base, detail], dim=1))  # (B, dim, H/2, W/2)
+        folded = getattr(self, 'head_folded', None)
+        if folded is not None and self.body[0]._can_fuse(features):
+            weight, bias = folded
+            correction = F.pixel_shuffle(F.conv2d(features, weight, bias, padding=1), 2)
+            out = vi + correction
+            return out.clamp_(0.0, 1.0)
+        bands = self.head(features)  # (B, 4C, H/2, W/2)
         b, _, h, w = bands.shape
         correction = haar_idwt(bands.reshape(b, -1, 4, h, w),
                                self.dwt.filters.to(bands.dtype))  # (B, C, H, W)
@@ -320,6 +425,33 @@ class SFDFuseLite(nn.Module):
         detail_f = self.detail_fusion(detail[:batch], detail[batch:])
         fused = self.decoder(both[:batch], base_f, detail_f)  # (B, C, H', W')
         return fused[:, :, :h, :w]
+
+    def fuse_for_cpu(self) -> bool:
+        """Let every conv + LeakyReLU run as one oneDNN kernel in CPU float32 inference.
+
+        Called by the inference engine for its CPU torch backend. It changes no weights and no
+        result (the same kernel computes the convolution; the activation is its epilogue), and
+        folds the fixed Haar analysis and synthesis into the embedding and head convolutions
+        (pixel unshuffle / shuffle instead of the strided transforms). It saves passes over the
+        feature maps. Training, autograd, ONNX export and other devices keep the plain path; the
+        folded copies are taken from the weights at this call, so call it again after changing
+        them.
+
+        :return: whether the fused kernel is available in this torch build.
+        """
+        available = _fused_conv_available()
+        for module in self.modules():
+            if isinstance(module, ConvAct):
+                module.fused = available
+        if available:
+            with torch.no_grad():
+                self.encoder.fold_haar()
+                self.decoder.fold_haar()
+        return available
+
+    #: The CPU backend the inference engine picks for this network with ``backend='auto'``:
+    #: measured faster than ONNX Runtime for it (``docs/PERFORMANCE.md``).
+    cpu_backend = 'torch'
 
     def fold_deconv(self) -> 'SFDFuseLite':
         """Do nothing (the network has no difference convolutions); for the engine's interface.

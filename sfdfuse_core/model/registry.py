@@ -48,7 +48,7 @@ NETWORKS = {
                            'the published SFDFuse network (2.3 M parameters, GPU-sized)'),
     'sfdfuse-lite': NetworkSpec('sfdfuse-lite', SFDFuseLite, SFDFuseLiteConfig,
                                 'sfdfuse_lite_ivf.safetensors',
-                                'the compact SFDFuse for CPUs (27 k parameters, half-resolution '
+                                'the compact SFDFuse for CPUs (17 k parameters, half-resolution '
                                 'Haar subbands)'),
 }
 #: The network a weights file without a network entry holds (files written before the registry).
