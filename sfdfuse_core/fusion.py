@@ -72,6 +72,7 @@ class Fuser:
     :param compile: ``'sfdfuse'`` only: ``'auto'`` (compiled + CUDA graphs on a GPU, eager on the
         CPU), ``'none'``, ``'inductor'``, ``'cudagraphs'`` or ``'inductor+cudagraphs'``.
     :param warmup_shapes: ``'sfdfuse'`` only: ``(height, width)`` sizes to compile for at once.
+    :param threads: ``'sfdfuse'`` only: CPU threads of the engine (``None``: all cores).
     :raises ValueError: unknown method or device, or both ``weights`` and ``model`` given.
     :raises TypeError: ``model`` is not an ``nn.Module``.
     :raises sfdfuse_core.weights.WeightsError: the weights cannot be loaded (a missing file says
@@ -83,7 +84,8 @@ class Fuser:
                  device: Union[str, torch.device] = 'auto',
                  model: Optional[nn.Module] = None, precision: str = 'auto',
                  compile: str = 'auto',
-                 warmup_shapes: Iterable[Tuple[int, int]] = ()) -> None:
+                 warmup_shapes: Iterable[Tuple[int, int]] = (),
+                 threads: Optional[int] = None) -> None:
         """Resolve the device, then load the weights or take over ``model`` (see the class)."""
         if method not in METHODS:
             raise ValueError(f'unknown fusion method {method!r}; expected one of {METHODS}')
@@ -115,7 +117,8 @@ class Fuser:
         self.network = network_of(model)
         self.weights_path = getattr(model, 'weights_path', None)
         self.engine = FusionEngine(model=model, device=self.device, precision=precision,
-                                   compile=compile, warmup_shapes=warmup_shapes)
+                                   compile=compile, warmup_shapes=warmup_shapes,
+                                   threads=threads)
         self.model = self.engine.model
 
     def __repr__(self) -> str:

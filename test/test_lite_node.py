@@ -38,6 +38,9 @@ def test_node_without_parameters_fuses_with_the_compact_network(tmp_path: Path) 
         assert image.std() > 5.0
         text = read_log(log)
         assert 'method=sfdfuse' in text and 'network=sfdfuse-lite' in text, text
+        assert 'backend=torch' in text, text  # the CPU backend measured faster for it
+        from sfdfuse_core.inference.engine import available_cores
+        assert f'threads={max(1, available_cores() - 1)},' in text, text  # one core left to ROS
         assert 'sfdfuse_lite_ivf.safetensors' in text, text
         values = {kv.key: kv.value for array in diags for status in array.status
                   for kv in status.values}
