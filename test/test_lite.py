@@ -101,6 +101,76 @@ def test_engine_backends_equal_the_eager_network() -> None:
         assert int(np.abs(out.astype(int) - expected).max()) <= 1, backend
 
 
+def test_fused_conv_activation_changes_no_number_and_only_runs_in_cpu_inference() -> None:
+    """fuse_for_cpu: the same output in inference; training and autograd keep the plain path."""
+    from sfdfuse_core.model.lite import ConvAct
+
+    plain = _random_lite()
+    fused = _random_lite()
+    assert fused.fuse_for_cpu()
+    assert all(m.fused for m in fused.modules() if isinstance(m, ConvAct))
+    assert fused.state_dict().keys() == plain.state_dict().keys()  # folded copies not saved
+    vi, ir = torch.rand(2, 1, 41, 57), torch.rand(2, 1, 41, 57)  # odd: padded path too
+    for memory_format in (torch.contiguous_format, torch.channels_last):
+        a, b = plain.to(memory_format=memory_format), fused.to(memory_format=memory_format)
+        with torch.inference_mode():
+            assert torch.allclose(a(vi, ir), b(vi, ir), atol=1e-5)
+    layer = next(m for m in fused.modules() if isinstance(m, ConvAct))
+    x = torch.rand(1, layer.conv.in_channels, 8, 8)
+    with torch.no_grad():
+        assert layer._can_fuse(x)
+        assert not layer._can_fuse(x.double())
+    assert not layer._can_fuse(x)  # autograd on: plain path
+    fused.train()
+    out = fused(vi, ir)
+    out.mean().backward()  # gradients flow through the plain path
+    assert all(p.grad is not None for p in fused.parameters())
+
+
+def test_engine_picks_the_cpu_backend_the_network_names() -> None:
+    """backend='auto' on the CPU: torch with fused convolutions for the compact network."""
+    engine = FusionEngine(model=_random_lite(), device='cpu')
+    assert engine.backend == 'torch'
+    from sfdfuse_core.model.lite import ConvAct
+    assert all(m.fused for m in engine.model.modules() if isinstance(m, ConvAct))
+    ort = FusionEngine(model=_random_lite(), device='cpu', backend='onnxruntime')
+    assert ort.backend == 'onnxruntime'
+    assert not any(m.fused for m in ort.model.modules() if isinstance(m, ConvAct))
+
+
+def test_structure_keys_are_checked_and_old_files_keep_their_structure(tmp_path: Path) -> None:
+    """A stored config without the newer structure keys builds the structure it was saved with."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    with pytest.raises(ValueError, match='gate_kernel must be odd'):
+        SFDFuseLiteConfig(gate_kernel=2)
+    with pytest.raises(ValueError, match='detail_blocks must be >= 0'):
+        SFDFuseLiteConfig(detail_blocks=-1)
+    old = SFDFuseLiteConfig(**SFDFuseLiteConfig.ABSENT_KEY_VALUES, detail_nodes=2)
+    model = _random_lite(**old.to_dict())
+    assert sum(p.numel() for p in model.parameters()) == 27_352  # the first shipped structure
+    path = tmp_path / 'old.safetensors'
+    from sfdfuse_core.weights import save_weights
+    save_weights(model, path)
+    from safetensors import safe_open
+    with safe_open(str(path), 'pt') as f:
+        metadata = dict(f.metadata())
+    key = next(k for k, v in metadata.items() if 'gate_kernel' in v)
+    stored = json.loads(metadata[key])
+    config = stored['config'] if 'config' in stored else stored
+    for name in SFDFuseLiteConfig.ABSENT_KEY_VALUES:
+        del config[name]
+    metadata[key] = json.dumps(stored)
+    save_file(load_file(str(path)), str(path), metadata=metadata)
+    loaded = load_model(path, device='cpu')
+    assert loaded.config == old
+    vi, ir = torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(loaded(vi, ir), model(vi, ir))
+
+
 class _EagerFuser(Fuser):
     """A Fuser whose network path is the eager model forward (no engine)."""
 
@@ -156,8 +226,10 @@ def test_shipped_weights_are_the_compact_network_trained_on_the_training_sets() 
     assert SHIPPED.stat().st_size < 1_000_000
     info = read_weights_info(SHIPPED)
     assert info['network'] == 'sfdfuse-lite'
-    sources = info['metadata']['sources']  # the training image folders, never ivf/test
-    assert sources and all('ivf/train/' in source for source in sources), sources
+    # the training image folders (ivf/train, or training/holdout.py's links into it), never
+    # the evaluation sets
+    sources = info['metadata']['sources']
+    assert sources and all('/train/' in s and 'ivf/test' not in s for s in sources), sources
     assert any('MSRS' in s for s in sources) and any('LLVIP' in s for s in sources)
     assert 'non-commercial' in info['metadata']['licence']
     assert isinstance(load_model('sfdfuse-lite'), SFDFuseLite)
