@@ -44,6 +44,25 @@ def _fused_conv_available() -> bool:
             and hasattr(torch.ops.mkldnn, '_convolution_pointwise'))
 
 
+def _fused_inference(module: nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``module`` (its ``fused`` flag set by ``fuse_for_cpu``) may take the fused path.
+
+    Only CPU float32 inference without autograd, tracing or autocast does.
+    """
+    return (getattr(module, 'fused', False) and not module.training
+            and not torch.is_grad_enabled() and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and not torch.jit.is_tracing()
+            and not torch.jit.is_scripting() and not torch.is_autocast_enabled('cpu'))
+
+
+def _conv_pointwise(conv: nn.Conv2d, x: torch.Tensor, attr: str, scalars: list,
+                    weight: torch.Tensor | None = None) -> torch.Tensor:
+    """``conv`` (or its geometry with ``weight``), the element-wise ``attr`` as its epilogue."""
+    return torch.ops.mkldnn._convolution_pointwise(
+        x, conv.weight if weight is None else weight, conv.bias, list(conv.padding),
+        list(conv.stride), list(conv.dilation), conv.groups, attr, scalars, '')
+
+
 class ConvAct(nn.Module):
     """A ``k x k`` convolution followed by a LeakyReLU (``'same'`` zero padding).
 
@@ -70,19 +89,11 @@ class ConvAct(nn.Module):
         self.fused = False
 
     def _can_fuse(self, x: torch.Tensor) -> bool:
-        return (self.fused and not self.training and not torch.is_grad_enabled()
-                and x.device.type == 'cpu' and x.dtype == torch.float32
-                and self.conv.weight.dtype == torch.float32
-                and not torch.jit.is_tracing() and not torch.jit.is_scripting()
-                and not torch.is_autocast_enabled('cpu'))
+        return _fused_inference(self, x) and self.conv.weight.dtype == torch.float32
 
     def fused_call(self, x: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
         """Convolution + activation as one oneDNN kernel (``weight``: instead of the layer's)."""
-        conv = self.conv
-        return torch.ops.mkldnn._convolution_pointwise(
-            x, conv.weight if weight is None else weight, conv.bias, list(conv.padding),
-            list(conv.stride), list(conv.dilation), conv.groups, 'leaky_relu',
-            [self.act.negative_slope], '')
+        return _conv_pointwise(self.conv, x, 'leaky_relu', [self.act.negative_slope], weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the layer: ``(B, in, H, W) -> (B, out, H, W)``."""
@@ -229,16 +240,14 @@ class DetailFusion(nn.Module):
         # before the block count was configurable
         self.refine = (ConvAct(dim, dim, slope) if blocks == 1 else
                        nn.Sequential(*[ConvAct(dim, dim, slope) for _ in range(blocks)]))
+        #: Run the gate's sigmoid as its convolution's epilogue (set by ``fuse_for_cpu``).
+        self.fused = False
 
     def forward(self, detail_v: torch.Tensor, detail_i: torch.Tensor) -> torch.Tensor:
         """Fuse ``(B, dim, h, w)`` visible and infrared detail features into one such map."""
         both = torch.cat([detail_v, detail_i], dim=1)  # (B, 2 dim, h, w)
-        first = self.refine if isinstance(self.refine, ConvAct) else next(iter(self.refine), None)
-        if isinstance(first, ConvAct) and first._can_fuse(both):
-            conv = self.gate  # the sigmoid as the convolution's epilogue (inference, CPU)
-            gate = torch.ops.mkldnn._convolution_pointwise(
-                both, conv.weight, conv.bias, list(conv.padding), list(conv.stride),
-                list(conv.dilation), conv.groups, 'sigmoid', [], '')
+        if _fused_inference(self, both):
+            gate = _conv_pointwise(self.gate, both, 'sigmoid', [])
         else:
             gate = torch.sigmoid(self.gate(both))
         return self.refine(torch.lerp(detail_i, detail_v, gate))  # d_i + gate (d_v - d_i)
@@ -294,7 +303,7 @@ class LiteDecoder(nn.Module):
             in eval mode (in training mode unclamped, so that every pixel has a gradient).
         """
         features = self.body(torch.cat([base, detail], dim=1))  # (B, dim, H/2, W/2)
-        folded = getattr(self, 'head_folded', None)
+        folded = self.head_folded
         if folded is not None and self.body[0]._can_fuse(features):
             weight, bias = folded
             correction = F.pixel_shuffle(F.conv2d(features, weight, bias, padding=1), 2)
@@ -441,7 +450,7 @@ class SFDFuseLite(nn.Module):
         """
         available = _fused_conv_available()
         for module in self.modules():
-            if isinstance(module, ConvAct):
+            if isinstance(module, (ConvAct, DetailFusion)):
                 module.fused = available
         if available:
             with torch.no_grad():
