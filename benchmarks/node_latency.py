@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     log(f'work folder: {work} (ROS_DOMAIN_ID={domain})')
     weights_note = ''
     overrides = {'method': args.method, 'device': args.device, 'diagnostics_period': '1.0',
-                 'sync_policy': args.sync_policy}
+                 'sync_policy': args.sync_policy, 'threads': str(args.threads)}
     if args.method == 'sfdfuse':
         if args.random_weights:
             import torch
@@ -417,7 +417,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         'size': f'{args.size[0]}x{args.size[1]}',
         'thermal_size': f'{max(16, args.size[0] // 2)}x{max(16, args.size[1] // 2)}',
         'rate': args.rate, 'frames': args.frames, 'weights': weights_note or None,
-        'sync_policy': args.sync_policy, 'thermal_hz': args.thermal_hz,
+        'sync_policy': args.sync_policy, 'thermal_hz': args.thermal_hz, 'threads': args.threads,
         'command': 'python benchmarks/node_latency.py ' + shlex.join(sys.argv[1:]),
         'date': time.strftime('%Y-%m-%d %H:%M:%S %z'),
         'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
@@ -570,6 +570,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help='playback speed factor (below 1 when the node cannot keep up)')
     parser.add_argument('--sync-policy', choices=('optimal', 'greedy'), default='optimal',
                         help="the node's sync_policy parameter (default: %(default)s)")
+    parser.add_argument('--threads', type=int, default=0,
+                        help="the node's threads parameter (0: all cores but one; default: "
+                        '%(default)s)')
     parser.add_argument('--thermal-hz', type=float, default=9.0,
                         help='thermal rate of the bag, <= 30 (default: %(default)s)')
     group = parser.add_mutually_exclusive_group()
