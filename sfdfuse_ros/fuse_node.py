@@ -166,8 +166,7 @@ PARAMS: dict[str, ParamSpec] = {
     'device': ParamSpec('auto', "Inference device: 'auto' (CUDA if available), 'cpu', 'cuda'."),
     'threads': ParamSpec(
         0, 'CPU threads of the network; 0 = all cores this process may use but one, which is '
-        'left to the ROS callbacks, image conversion and DDS (measured: on 2 cores 1 thread '
-        'fuses more pairs than 2).', int_range=(0, 1024)),
+        'left to the ROS callbacks, image conversion and DDS.', int_range=(0, 1024)),
     'slop': ParamSpec(
         0.05, 'Largest stamp difference (s) between a thermal and an RGB frame that are paired.',
         runtime=True, float_range=(0.0, 10.0)),
