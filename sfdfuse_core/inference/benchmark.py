@@ -22,8 +22,11 @@ from torch import nn
 from sfdfuse_core.inference.cost import matmul_gflops, model_cost
 from sfdfuse_core.inference.engine import FusionEngine, available_cores
 
-__all__ = ['BenchSettings', 'EagerReference', 'run_benchmark', 'write_results', 'psnr',
-           'synthetic_pair', 'time_calls']
+__all__ = ['BenchSettings', 'EagerReference', 'PlainCNN', 'run_benchmark', 'write_results',
+           'psnr', 'synthetic_pair', 'time_calls']
+
+#: Name of the latency row of :class:`PlainCNN` (CPU runs).
+PLAIN_CNN_PATH = 'plain CNN 16 ch x 6 layers, eager fp32 (speed yardstick)'
 
 
 @dataclass
@@ -48,6 +51,8 @@ class BenchSettings:
     train_size: int = 128
     command: str = ''
     config: Any = None  # a network config for tests; None: the shipped size of ``network``
+    #: On the CPU, also time :class:`PlainCNN` the same way as the eager reference.
+    plain_cnn: bool = True
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -108,6 +113,33 @@ class EagerReference:
         return ycbcr_to_bgr(fused, *chroma)
 
 
+class PlainCNN(nn.Module):
+    """A speed yardstick: a plain 16-channel, 6-layer 3x3 CNN at full resolution.
+
+    The CPU speed target of the compact network is stated against such a network (about 8
+    GFLOP per 640x512 pair; "about as fast as a plain CNN of this size runs in eager torch").
+    Timing it in the same run as the engine makes that comparison independent of how fast the
+    shared machine happens to be. Its weights are random: it is never used to fuse.
+
+    Layers: ``[Y, I]`` (2 channels) -> 16, five 16 -> 16 (six 16-channel layers), then 16 -> 1;
+    each a 3x3 convolution with a LeakyReLU except the last (12,049 parameters, 24 kFLOP per
+    pixel: 7.8 GFLOP per 640x512 pair).
+    """
+
+    def __init__(self, width: int = 16, hidden_layers: int = 5) -> None:
+        """Create the layers; see the class docstring."""
+        super().__init__()
+        layers: List[nn.Module] = [nn.Conv2d(2, width, 3, padding=1), nn.LeakyReLU(0.1)]
+        for _ in range(hidden_layers):
+            layers += [nn.Conv2d(width, width, 3, padding=1), nn.LeakyReLU(0.1)]
+        layers.append(nn.Conv2d(width, 1, 3, padding=1))
+        self.body = nn.Sequential(*layers)
+
+    def forward(self, vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+        """``(B, 1, H, W)`` twice -> ``(B, 1, H, W)`` in ``[0, 1]``."""
+        return (vi + self.body(torch.cat([vi, ir], dim=1))).clamp(0.0, 1.0)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == 'cuda':
         torch.cuda.synchronize(device)
@@ -158,6 +190,8 @@ def _environment(device: torch.device) -> Dict[str, Any]:
            'python': platform.python_version(), 'host': platform.node(),
            'cpu_threads': torch.get_num_threads(), 'available_cores': available_cores(),
            'time': time.strftime('%Y-%m-%d %H:%M:%S %Z')}
+    if hasattr(os, 'getloadavg'):
+        env['load_average'] = list(os.getloadavg())  # the machine is shared: how busy it was
     try:
         import onnxruntime
         env['onnxruntime'] = onnxruntime.__version__
@@ -249,6 +283,8 @@ def _latency(model: nn.Module, engines: Dict[str, Tuple[FusionEngine, float]],
                      'peak_mib': _peak_mib(device), 'psnr_vs_eager_db': float('inf'),
                      'achieved_gflops': flops / (stats['median_ms'] * 1e-3) / 1e9})
         log(f'  median {stats["median_ms"]:.1f} ms')
+        if device.type == 'cpu' and settings.plain_cnn:
+            rows.append(_plain_cnn_row(key, vi, ir, settings, log))
         for name, (engine, _) in engines.items():
             log(f'{key}: {name} ...')
             out = engine(vi, ir)
@@ -261,6 +297,23 @@ def _latency(model: nn.Module, engines: Dict[str, Tuple[FusionEngine, float]],
             log(f'  median {stats["median_ms"]:.1f} ms, '
                 f'PSNR {rows[-1]["psnr_vs_eager_db"]:.1f} dB')
     return rows
+
+
+def _plain_cnn_row(key: str, vi: np.ndarray, ir: np.ndarray, settings: BenchSettings,
+                   log: Callable[[str], None]) -> Dict[str, Any]:
+    """Time :class:`PlainCNN` through the eager reference path (same colour handling)."""
+    torch.manual_seed(0)
+    cnn = PlainCNN()
+    yardstick = EagerReference(cnn, settings.device)
+    log(f'{key}: {PLAIN_CNN_PATH} ...')
+    stats = time_calls(lambda: yardstick(vi, ir), settings.eager_repeats,
+                       max(0, settings.warmup - 1), settings.device)
+    height, width = vi.shape[:2]
+    flops = 2 * sum(m.weight.numel() for m in cnn.modules() if isinstance(m, nn.Conv2d))
+    log(f'  median {stats["median_ms"]:.1f} ms')
+    return {'size': key, 'path': PLAIN_CNN_PATH, **stats, 'peak_mib': None,
+            'psnr_vs_eager_db': None,
+            'achieved_gflops': flops * height * width / (stats['median_ms'] * 1e-3) / 1e9}
 
 
 def _pair_sets(root: Path) -> List[Tuple[str, Path, Path]]:
@@ -428,7 +481,11 @@ def to_markdown(results: Dict[str, Any]) -> str:
              f'Command: `{results["command"]}`  ', f'Weights: {results["weights"]}  ',
              f'Parameters: {results["parameters"]:,}  ',
              'Matmul rate: ' + ', '.join(f'{k} {v:.0f} GFLOP/s'
-                                         for k, v in results['matmul_gflops'].items()), '',
+                                         for k, v in results['matmul_gflops'].items())
+             + ('  ' if env.get('load_average') else ''),
+             *(['Load average at the start (1, 5, 15 min): '
+                + ', '.join(f'{v:.2f}' for v in env['load_average'])]
+               if env.get('load_average') else []), '',
              '| size | path | median ms | p99 ms | pairs/s | peak GPU MiB | PSNR vs eager dB '
              '| GFLOP/s |', '| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |']
     for row in results['latency']:
