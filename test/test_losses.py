@@ -160,3 +160,18 @@ def test_source_ssim_term_and_zero_weight_terms():
     assert float(terms['fusion']) == pytest.approx(expected, rel=1e-5)
     published = fusion_loss(vi, ir, fused, LossWeights())
     assert float(published['ssim_sources']) == 0.0 and float(published['ssim']) > 0
+
+
+def test_gradient_gain_scales_the_gradient_target():
+    """fusion_gradient_gain multiplies max(|grad Y|, |grad I|): with a flat infrared image, 1.5 Y
+    has exactly the target's edges at gain 1.5 and not at gain 1; a gain <= 0 is refused."""
+    vi, ir = _rand(2, 1, 16, 16), torch.zeros(2, 1, 16, 16)
+    sharper = 1.5 * vi                                      # Sobel is linear: 1.5x the edges
+    plain = fusion_loss(vi, ir, sharper, LossWeights())
+    gained = fusion_loss(vi, ir, sharper, LossWeights(fusion_gradient_gain=1.5))
+    assert float(gained['gradient']) == pytest.approx(0.0, abs=1e-6)
+    assert float(plain['gradient']) == pytest.approx(
+        0.5 * float(sobel_magnitude(vi).mean()), rel=1e-5)
+    assert float(gained['intensity']) == float(plain['intensity'])   # only the gradient term
+    with pytest.raises(ValueError, match='fusion_gradient_gain'):
+        LossWeights(fusion_gradient_gain=0.0)

@@ -46,7 +46,8 @@ class LossWeights:
 
     Phase II (fusion), with ``M = max(Y, I)``::
 
-        loss_II = intensity * L1(M, F) + fusion_gradient * L1(max(|gY|, |gI|), |gF|)
+        loss_II = intensity * L1(M, F)
+                  + fusion_gradient * L1(fusion_gradient_gain * max(|gY|, |gI|), |gF|)
                   + fusion_ssim * SSIMLoss(M, F)
                   + fusion_ssim_sources * (SSIMLoss(Y, F) + SSIMLoss(I, F)) / 2
                   + fusion_decomp * L_decomp
@@ -70,8 +71,11 @@ class LossWeights:
     decomp_offset: float = 1.01
     #: Phase II: weight of L1(max(Y, I), F).
     intensity: float = 1.0
-    #: Phase II: weight of L1(max(|grad Y|, |grad I|), |grad F|).
+    #: Phase II: weight of L1(gain * max(|grad Y|, |grad I|), |grad F|).
     fusion_gradient: float = 10.0
+    #: Phase II: gain on the gradient target (1 in the published recipe; above 1 asks the fused
+    #: image for edges stronger than the stronger source's: more contrast than ``max(Y, I)``).
+    fusion_gradient_gain: float = 1.0
     #: Phase II: weight of SSIMLoss(max(Y, I), F).
     fusion_ssim: float = 1.0
     #: Phase II: weight of the mean of SSIMLoss(Y, F) and SSIMLoss(I, F): structure of each
@@ -94,6 +98,9 @@ class LossWeights:
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f'loss weight {name} must be a number >= 0, got {value!r}')
+        gain = self.fusion_gradient_gain
+        if not isinstance(gain, (int, float)) or isinstance(gain, bool) or not gain > 0:
+            raise ValueError(f'fusion_gradient_gain must be a number > 0, got {gain!r}')
         if not self.decomp_offset > 1.0:
             raise ValueError(f'decomp_offset must be > 1 (cc_base can reach -1), '
                              f'got {self.decomp_offset!r}')
@@ -326,7 +333,9 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
     window, sigma = weights.ssim_window, weights.ssim_sigma
     terms = {
         'intensity': F.l1_loss(fused, target),
-        'gradient': F.l1_loss(sobel_magnitude(fused), target_grad),
+        'gradient': F.l1_loss(sobel_magnitude(fused),
+                              target_grad * weights.fusion_gradient_gain
+                              if weights.fusion_gradient_gain != 1 else target_grad),
     }
     # a term whose weight is 0 is reported as 0 and not computed (SSIM is the costly one)
     terms['ssim'] = (ssim_loss(target, fused, window, sigma) if weights.fusion_ssim
