@@ -7,7 +7,8 @@ candidate with the lowest mean rank is the choice (ties: the lower held-out loss
 look at the table). TNO and RoadScene are never read.
 
     python training/score_holdout.py --holdout out/ivf_split/holdout \\
-        --weights runs/a/final.safetensors runs/b/final.safetensors --out out/select.json
+        --weights runs/a/final.safetensors runs/b/final.safetensors --out out/select.json \\
+        --grid out/select.png     # optional: a few held-out pairs with every fuser, to look at
 """
 from __future__ import annotations
 
@@ -39,6 +40,36 @@ def score(holdout: Path, sources: list[str], candidates: dict[str, object],
     return table
 
 
+def _label(name: str) -> str:
+    """Return a short column label: ``runs/X/final.safetensors`` -> ``X``, a file -> its stem."""
+    path = Path(name)
+    if path.suffix != '.safetensors':
+        return name
+    return path.parent.name if path.name == 'final.safetensors' else path.stem
+
+
+def write_grid(path: Path, holdout: Path, sources: list[str], fusers: dict[str, object],
+               count: int) -> None:
+    """Write a picture: ``count`` held-out pairs per source, infrared | visible | each fuser."""
+    import cv2
+
+    from sfdfuse_core.imageio import list_pairs, read_image
+    from sfdfuse_core.results import make_grid, select_grid_pairs
+
+    rows = []
+    for source in sources:
+        listing = list_pairs(holdout / source / 'ir', holdout / source / 'vi')
+        by_name = {n: (ir, vi) for n, ir, vi in listing.pairs}
+        for name in select_grid_pairs(sorted(by_name), count):
+            ir_path, vi_path = by_name[name]
+            ir, vi = read_image(ir_path), read_image(vi_path)
+            rows.append((f'{source}/{name}', [ir, vi] + [f(vi, ir) for f in fusers.values()]))
+    labels = ['infrared', 'visible'] + [_label(n) for n in fusers]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), make_grid(rows, labels)):
+        raise OSError(f'cannot write {path}')
+
+
 def ranks(table: dict[str, dict[str, float]], names: list[str]) -> dict[str, float]:
     """Mean rank of each candidate over the 8 published metrics (1: best; all higher-better)."""
     from sfdfuse_core.results import PUBLISHED_METRICS
@@ -58,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument('--sources', default='MSRS,LLVIP')
     parser.add_argument('--weights', nargs='+', required=True, help='candidate weights files')
     parser.add_argument('--out', type=Path, help='JSON file for the table')
+    parser.add_argument('--grid', type=Path, help='PNG: held-out pairs with every fuser')
+    parser.add_argument('--grid-pairs', type=int, default=2, help='pairs per source in --grid')
     parser.add_argument('--no-progress', action='store_true')
     args = parser.parse_args(argv)
 
@@ -80,6 +113,9 @@ def main(argv: list[str] | None = None) -> int:
               + f'  {rank}')
     best = min(names, key=lambda n: mean_rank[n])
     print(f'choice (lowest mean rank): {best}')
+    if args.grid:
+        write_grid(args.grid, args.holdout, args.sources.split(','), fusers, args.grid_pairs)
+        print(f'picture: {args.grid}')
     if args.out:
         args.out.write_text(json.dumps({'table': table, 'mean_rank': mean_rank, 'choice': best},
                                        indent=2, default=float))
