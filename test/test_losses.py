@@ -175,3 +175,18 @@ def test_gradient_gain_scales_the_gradient_target():
     assert float(gained['intensity']) == float(plain['intensity'])   # only the gradient term
     with pytest.raises(ValueError, match='fusion_gradient_gain'):
         LossWeights(fusion_gradient_gain=0.0)
+
+
+def test_range_term_is_the_distance_to_the_unit_interval():
+    """fusion_range weighs mean(relu(F - 1) + relu(-F)): 0 inside [0, 1], the overshoot outside."""
+    vi, ir = _rand(1, 1, 8, 8), _rand(1, 1, 8, 8, seed=1)
+    inside = fusion_loss(vi, ir, vi, LossWeights(fusion_range=7.0))
+    assert float(inside['range']) == 0.0
+    fused = torch.full((1, 1, 8, 8), 0.5)
+    fused[..., :2, :] = 1.25                                # a quarter of the pixels, 0.25 above
+    fused[..., -2:, :] = -0.5                               # a quarter, 0.5 below
+    terms = fusion_loss(vi, ir, fused, LossWeights(fusion_range=7.0))
+    assert float(terms['range']) == pytest.approx(0.25 * 0.25 + 0.25 * 0.5)
+    off = fusion_loss(vi, ir, fused, LossWeights())
+    assert float(off['range']) == 0.0
+    assert float(terms['fusion']) == pytest.approx(float(off['fusion']) + 7.0 * 0.1875, rel=1e-5)

@@ -50,6 +50,7 @@ class LossWeights:
                   + fusion_gradient * L1(fusion_gradient_gain * max(|gY|, |gI|), |gF|)
                   + fusion_ssim * SSIMLoss(M, F)
                   + fusion_ssim_sources * (SSIMLoss(Y, F) + SSIMLoss(I, F)) / 2
+                  + fusion_range * mean(relu(F - 1) + relu(-F))
                   + fusion_decomp * L_decomp
 
     and ``L_decomp = cc(detail_V, detail_I)**2 / (decomp_offset + cc(base_V, base_I))``.
@@ -81,6 +82,11 @@ class LossWeights:
     #: Phase II: weight of the mean of SSIMLoss(Y, F) and SSIMLoss(I, F): structure of each
     #: source rather than of their maximum (0 in the published recipe).
     fusion_ssim_sources: float = 0.0
+    #: Phase II: weight of the mean distance of F to ``[0, 1]`` (0 in the published recipe).
+    #: A network trained unclamped (so that every pixel keeps a gradient) but clamped at
+    #: inference can meet a sharpness target with values outside the range that the clamp then
+    #: removes; this term makes the training objective the one that inference sees.
+    fusion_range: float = 0.0
     #: Phase II: weight of the decomposition loss.
     fusion_decomp: float = 2.0
     #: Side of the SSIM Gaussian window.
@@ -94,7 +100,8 @@ class LossWeights:
         :raises ValueError: a negative weight, a non-positive offset, or an even window.
         """
         for name in ('ssim', 'mse', 'recon_vi', 'recon_ir', 'decomp', 'gradient', 'intensity',
-                     'fusion_gradient', 'fusion_ssim', 'fusion_ssim_sources', 'fusion_decomp'):
+                     'fusion_gradient', 'fusion_ssim', 'fusion_ssim_sources', 'fusion_range',
+                     'fusion_decomp'):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f'loss weight {name} must be a number >= 0, got {value!r}')
@@ -324,9 +331,9 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
     :param ir: infrared ``(B, 1, H, W)`` in ``[0, 1]``.
     :param fused: the fused image ``(B, 1, H, W)``.
     :param weights: the loss weights.
-    :return: ``{'intensity', 'gradient', 'ssim', 'ssim_sources', 'fusion'}`` scalars;
-        ``'fusion'`` is the weighted sum (``'ssim_sources'`` is only computed when its weight
-        is not 0, else it is 0).
+    :return: ``{'intensity', 'gradient', 'ssim', 'ssim_sources', 'range', 'fusion'}``
+        scalars; ``'fusion'`` is the weighted sum (``'ssim_sources'`` and ``'range'`` are only
+        computed when their weight is not 0, else they are 0).
     """
     _check_images(ir=ir, fused=fused)
     target, target_grad = fusion_targets(vi, ir)
@@ -345,10 +352,13 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
                                  + ssim_loss(ir, fused, window, sigma)) / 2
     else:
         terms['ssim_sources'] = fused.new_zeros(())
+    terms['range'] = ((F.relu(fused - 1.0) + F.relu(-fused)).mean() if weights.fusion_range
+                      else fused.new_zeros(()))
     terms['fusion'] = (weights.intensity * terms['intensity']
                        + weights.fusion_gradient * terms['gradient']
                        + weights.fusion_ssim * terms['ssim']
-                       + weights.fusion_ssim_sources * terms['ssim_sources'])
+                       + weights.fusion_ssim_sources * terms['ssim_sources']
+                       + weights.fusion_range * terms['range'])
     return terms
 
 
