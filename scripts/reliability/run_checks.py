@@ -6,6 +6,8 @@ section per record key, with the pytest outcome of every test and the command th
 
     .venv/bin/python scripts/reliability/run_checks.py            # scaled-up runs
     .venv/bin/python scripts/reliability/run_checks.py --quick    # the suite's sizes
+    .venv/bin/python scripts/reliability/run_checks.py --only test/test_reliability_bag.py
+        # one file: rewrites only its own sections, not the all-tests table
 """
 from __future__ import annotations
 
@@ -117,10 +119,11 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def run(quick: bool) -> int:
-    """Run every file, then write the sections.
+def run(quick: bool, only: Optional[str] = None) -> int:
+    """Run every file (or one), then write the sections.
 
     :param quick: use the suite's sizes instead of :data:`SCALED`.
+    :param only: run this one of :data:`FILES` and write only the sections it records.
     :return: 0 when every test passed (xfails included), else 1.
     """
     record_dir = report.OUT_DIR / 'records'
@@ -134,7 +137,7 @@ def run(quick: bool) -> int:
     results: dict[str, list[tuple[str, str, float, str]]] = {}
     commands = {}
     status = 0
-    for test_file in FILES:
+    for test_file in (FILES if only is None else (only,)):
         xml = report.OUT_DIR / (Path(test_file).stem + '.xml')
         cmd = [sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider', test_file,
                f'--junitxml={xml}']
@@ -151,12 +154,16 @@ def run(quick: bool) -> int:
         if not recs:
             continue
         test_file = key_file.get(key, FILES[1])
+        if test_file not in commands:
+            continue
         lines = [what, '']
         for rec in recs:
             name = rec.pop('test', '?')
             lines.append(f'- **{name}**: ' + ', '.join(f'{k} {_fmt(v)}' for k, v in rec.items()))
         section = 'suite' if key == 'soak_short' else key
         report.write_section(section, title, '\n'.join(lines), commands[test_file])
+    if only is not None:
+        return status
     rows = [(Path(f).name, name, outcome, f'{sec:.1f}') for f, cases in results.items()
             for name, outcome, sec, _ in cases]
     total = {f: sum(c[2] for c in cases) for f, cases in results.items()}
@@ -188,8 +195,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     """
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--quick', action='store_true', help="the suite's sizes")
+    parser.add_argument('--only', choices=FILES, help='run one test file, write its sections')
     args = parser.parse_args(argv)
-    return run(args.quick)
+    return run(args.quick, args.only)
 
 
 if __name__ == '__main__':
