@@ -69,3 +69,21 @@ def test_score_holdout_ranks_candidates_with_the_published_metrics(tmp_path: Pat
     assert sum(ranks.values()) == 3.0  # ranks 1 and 2 on each metric
     assert ranks[report['choice']] == min(ranks.values())
     assert 'choice (lowest mean rank)' in run.stdout
+
+
+def test_score_holdout_grid_shows_every_fuser_on_the_held_out_pairs(tmp_path: Path) -> None:
+    from sfdfuse_core.results import grid_size
+    data = tmp_path / 'holdout'
+    _pairs(data, 'A', 3)
+    _pairs(data, 'B', 1)
+    torch.manual_seed(0)
+    weights = save_weights(SFDFuseLite(SFDFuseLiteConfig(dim=8)), tmp_path / 'cand.safetensors')
+    grid = tmp_path / 'pics' / 'grid.png'
+    run = _run('training/score_holdout.py', '--holdout', str(data), '--sources', 'A,B',
+               '--weights', str(weights), '--grid', str(grid), '--grid-pairs', '2',
+               '--no-progress')
+    assert run.returncode == 0, run.stderr
+    picture = cv2.imread(str(grid))
+    # rows: 2 of A's 3 pairs + B's only one; columns: infrared, visible, mean, max, the candidate
+    assert picture is not None and picture.shape[:2] == grid_size(3, 5)
+    assert f'picture: {grid}' in run.stdout

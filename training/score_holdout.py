@@ -18,16 +18,20 @@ import sys
 from pathlib import Path
 
 
+def held_out_pairs(holdout: Path, source: str) -> list[tuple[str, Path, Path]]:
+    """Return ``(source/name, ir path, visible path)`` of one source's held-out pairs, sorted."""
+    from sfdfuse_core.imageio import list_pairs
+
+    listing = list_pairs(holdout / source / 'ir', holdout / source / 'vi')
+    return [(f'{source}/{n}', ir, vi) for n, ir, vi in listing.pairs]
+
+
 def score(holdout: Path, sources: list[str], candidates: dict[str, object],
           progress: bool = True) -> dict[str, dict[str, float]]:
     """Return ``{name: {metric: mean over all held-out pairs}}`` for each fuser."""
-    from sfdfuse_core.imageio import list_pairs
     from sfdfuse_core.results import _evaluate_method, _means
 
-    pairs = []
-    for source in sources:
-        listing = list_pairs(holdout / source / 'ir', holdout / source / 'vi')
-        pairs += [(f'{source}/{n}', ir, vi) for n, ir, vi in listing.pairs]
+    pairs = [pair for source in sources for pair in held_out_pairs(holdout, source)]
     if not pairs:
         raise ValueError(f'no held-out pairs under {holdout}')
     table = {}
@@ -53,17 +57,15 @@ def write_grid(path: Path, holdout: Path, sources: list[str], fusers: dict[str, 
     """Write a picture: ``count`` held-out pairs per source, infrared | visible | each fuser."""
     import cv2
 
-    from sfdfuse_core.imageio import list_pairs, read_image
+    from sfdfuse_core.imageio import read_image
     from sfdfuse_core.results import make_grid, select_grid_pairs
 
     rows = []
     for source in sources:
-        listing = list_pairs(holdout / source / 'ir', holdout / source / 'vi')
-        by_name = {n: (ir, vi) for n, ir, vi in listing.pairs}
-        for name in select_grid_pairs(sorted(by_name), count):
-            ir_path, vi_path = by_name[name]
-            ir, vi = read_image(ir_path), read_image(vi_path)
-            rows.append((f'{source}/{name}', [ir, vi] + [f(vi, ir) for f in fusers.values()]))
+        by_name = {name: (ir, vi) for name, ir, vi in held_out_pairs(holdout, source)}
+        for name in select_grid_pairs(list(by_name), count):
+            ir, vi = (read_image(path) for path in by_name[name])
+            rows.append((name, [ir, vi] + [f(vi, ir) for f in fusers.values()]))
     labels = ['infrared', 'visible'] + [_label(n) for n in fusers]
     path.parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(path), make_grid(rows, labels)):

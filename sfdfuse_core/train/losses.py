@@ -340,9 +340,7 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
     window, sigma = weights.ssim_window, weights.ssim_sigma
     terms = {
         'intensity': F.l1_loss(fused, target),
-        'gradient': F.l1_loss(sobel_magnitude(fused),
-                              target_grad * weights.fusion_gradient_gain
-                              if weights.fusion_gradient_gain != 1 else target_grad),
+        'gradient': F.l1_loss(sobel_magnitude(fused), weights.fusion_gradient_gain * target_grad),
     }
     # a term whose weight is 0 is reported as 0 and not computed (SSIM is the costly one)
     terms['ssim'] = (ssim_loss(target, fused, window, sigma) if weights.fusion_ssim
