@@ -152,6 +152,30 @@ def test_engine_equals_fuser_and_float_inputs(tiny_model: torch.nn.Module,
     assert np.abs(engine(vi_f, ir_f).astype(int) - ref).max() <= 1
 
 
+@pytest.mark.parametrize('kind', ['colour', 'gray', 'gray_looking', 'colour_ir'])
+def test_cpu_uint8_host_path_equals_the_torch_ops(tiny_model: torch.nn.Module,
+                                                  rng: np.random.Generator, kind: str) -> None:
+    """8-bit pairs on the CPU take OpenCV's colour steps; the bytes are those of the torch ops."""
+    vi = rng.integers(0, 256, (21, 34, 3), dtype=np.uint8)  # odd: padding and crop
+    ir = rng.integers(0, 256, (21, 34), dtype=np.uint8)
+    if kind == 'gray':
+        vi = vi[:, :, 1].copy()
+    elif kind == 'gray_looking':
+        vi = np.repeat(vi[:, :, :1], 3, axis=2)
+    elif kind == 'colour_ir':
+        ir = rng.integers(0, 256, (21, 34, 3), dtype=np.uint8)
+    engine = make_engine(tiny_model)
+    with torch.inference_mode():
+        out, _, gray = engine._fuse_device(torch.from_numpy(vi), torch.from_numpy(ir))
+    want = out.numpy()
+    if gray is not None and bool(gray):
+        want = want[:, :, 0]
+    got = engine(vi, ir)
+    assert got.shape == want.shape and got.flags.c_contiguous
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got, engine(np.asfortranarray(vi), ir))  # any memory layout
+
+
 def test_engine_takes_over_the_model(tiny_model: torch.nn.Module) -> None:
     model = copy.deepcopy(tiny_model).train()
     engine = FusionEngine(model=model, device='cpu')
