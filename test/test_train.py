@@ -15,7 +15,7 @@ from sfdfuse_core.cli import main as cli_main
 from sfdfuse_core.model import build_model
 from sfdfuse_core.train.checkpoint import REQUIRED_KEYS, CheckpointError, load_checkpoint
 from sfdfuse_core.train.config import ConfigError, TrainConfig, load_config
-from sfdfuse_core.train.trainer import lr_factor, main
+from sfdfuse_core.train.trainer import augment_pairs, lr_factor, main
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / 'training' / 'sfdfuse.yaml'
@@ -131,8 +131,33 @@ class _Crash(RuntimeError):
     pass
 
 
+def test_augmentation_keeps_pairs_aligned_and_in_range():
+    torch.manual_seed(0)
+    vi = torch.rand(64, 1, 8, 8)
+    ir = vi.clone()  # identical images: shared flips keep them identical without exposure changes
+    same_vi, same_ir = augment_pairs(vi, ir, flip=False, gamma=0.0, seed=1)
+    assert same_vi is vi and same_ir is ir
+    f_vi, f_ir = augment_pairs(vi, ir, flip=True, gamma=0.0, seed=1)
+    assert torch.equal(f_vi, f_ir) and not torch.equal(f_vi, vi)
+    flipped = [torch.equal(f_vi[i], vi[i].flip(-1)) for i in range(64)]
+    assert 10 < sum(flipped) < 54  # about half are flipped left-right (some also up-down)
+    g_vi, g_ir = augment_pairs(vi, ir, flip=False, gamma=0.7, seed=1)
+    assert 0.0 <= float(g_vi.min()) and float(g_vi.max()) <= 1.0
+    # per-image exponents: log(g) / log(x) is one constant per patch, in [-0.7, 0.7] as log
+    ratio = torch.log(torch.log(g_vi) / torch.log(vi))
+    spread = ratio.flatten(1).max(1).values - ratio.flatten(1).min(1).values
+    assert float(spread.max()) < 1e-3 and float(ratio.abs().max()) <= 0.7 + 1e-4
+    assert not torch.equal(g_vi, g_ir)  # drawn for each modality
+    again = augment_pairs(vi, ir, flip=True, gamma=0.7, seed=1)
+    other = augment_pairs(vi, ir, flip=True, gamma=0.7, seed=2)
+    assert torch.equal(again[0], augment_pairs(vi, ir, flip=True, gamma=0.7, seed=1)[0])
+    assert not torch.equal(again[0], other[0])
+
+
 def test_resume_is_exact_after_a_crash_and_after_a_step_budget(patches, tmp_path):
-    extra = ['batch_size=2', 'max_steps_per_epoch=3', 'save_every_steps=1']
+    # with augmentation on: its draws are seeded by the step, so a resume repeats them
+    extra = ['batch_size=2', 'max_steps_per_epoch=3', 'save_every_steps=1', 'augment_flip=true',
+             'augment_gamma=0.5']
     reference = main(_config(patches, tmp_path / 'ref', *extra))
     want = load_checkpoint(tmp_path / 'ref' / 'last.pt')
 

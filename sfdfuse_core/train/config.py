@@ -70,6 +70,13 @@ class TrainConfig:
     save_phase_checkpoints: bool = True
     #: Patches held out of training to measure the losses at epoch ends (0: none).
     val_patches: int = 64
+    #: Flip each training pair at random, left-right and up-down (the same flips for both
+    #: images of a pair, so they stay aligned); held-out patches are never augmented.
+    augment_flip: bool = False
+    #: Exposure augmentation: raise each training patch of either modality to the power
+    #: ``exp(u)``, ``u`` uniform in ``[-augment_gamma, augment_gamma]`` and drawn for each patch
+    #: and modality (0: off); values stay in ``[0, 1]``.
+    augment_gamma: float = 0.0
     #: Data-loading worker processes.
     num_workers: int = 2
     #: Pin host memory of batches (CUDA only).
@@ -122,7 +129,7 @@ class TrainConfig:
             raise ConfigError(f'loss must be a LossWeights, got {type(self.loss).__name__}')
         for name in ('phase1_epochs', 'phase2_epochs', 'max_steps_per_epoch', 'stop_after_steps',
                      'save_every_steps', 'val_patches', 'num_workers', 'weight_decay',
-                     'seed', 'clip_grad_norm'):
+                     'seed', 'clip_grad_norm', 'augment_gamma'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'{name} must be >= 0, got {getattr(self, name)!r}')
         for name in ('batch_size', 'lr', 'lr_step', 'lr_gamma', 'log_every'):

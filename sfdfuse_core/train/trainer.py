@@ -40,7 +40,7 @@ from sfdfuse_core.train.config import (RUNTIME_KEYS, ConfigError, TrainConfig, c
 from sfdfuse_core.train.losses import FusionLoss, ReconstructionLoss
 
 __all__ = ['MODULE_GROUPS', 'TrainingStep', 'EpochSampler', 'RunResult', 'build_optimizer',
-           'build_scheduler', 'train_one_epoch', 'evaluate', 'main']
+           'build_scheduler', 'augment_pairs', 'train_one_epoch', 'evaluate', 'main']
 
 #: Parameter groups of the optimiser: group name -> child modules of :class:`SFDFuse`.
 #: Gradient clipping and learning-rate schedules work per group.
@@ -374,6 +374,38 @@ def _to_device(x: torch.Tensor, run: _Run) -> torch.Tensor:
     return x
 
 
+def augment_pairs(vi: torch.Tensor, ir: torch.Tensor, flip: bool, gamma: float,
+                  seed: int) -> tuple:
+    """Random flips (shared by both images of a pair) and exposure changes (per image).
+
+    Drawn from a generator seeded with ``seed`` alone, so a resumed run repeats them.
+
+    :param vi: visible patches ``(B, C, H, W)`` in ``[0, 1]``.
+    :param ir: infrared patches, same shape.
+    :param flip: flip each pair left-right and up-down, each with probability 1/2.
+    :param gamma: each patch becomes ``x ** exp(u)``, ``u`` uniform in ``[-gamma, gamma]``.
+    :param seed: seed of this batch's draws.
+    :return: ``(vi, ir)`` (the inputs themselves when nothing is enabled).
+    """
+    if not flip and not gamma:
+        return vi, ir
+    gen = torch.Generator()
+    gen.manual_seed(seed)
+    batch = vi.shape[0]
+    draws = torch.rand(4, batch, generator=gen)  # left-right, up-down, vi exponent, ir exponent
+    shape = (batch, 1, 1, 1)
+    if flip:
+        for row, dim in ((0, 3), (1, 2)):
+            chosen = (draws[row] < 0.5).view(shape).to(vi.device)
+            vi = torch.where(chosen, vi.flip(dim), vi)
+            ir = torch.where(chosen, ir.flip(dim), ir)
+    if gamma:
+        exponents = torch.exp((2.0 * draws[2:] - 1.0) * gamma).to(vi.device, vi.dtype)
+        vi = vi.clamp(0.0, 1.0).pow(exponents[0].view(shape))
+        ir = ir.clamp(0.0, 1.0).pow(exponents[1].view(shape))
+    return vi, ir
+
+
 def train_one_epoch(run: _Run, loader: DataLoader, steps: int) -> Dict[str, float]:
     """Train from ``run.batch`` to the end of epoch ``run.epoch`` (``steps`` batches in all).
 
@@ -400,6 +432,8 @@ def train_one_epoch(run: _Run, loader: DataLoader, steps: int) -> Dict[str, floa
             if run.batch >= steps:
                 break
             vi, ir = _to_device(vi, run), _to_device(ir, run)
+            vi, ir = augment_pairs(vi, ir, config.augment_flip, config.augment_gamma,
+                                   seed=config.seed * 1_000_003 + run.step)
             run.optimizer.zero_grad(set_to_none=True)
             terms = step_fn(vi, ir)
             terms['loss'].backward()
