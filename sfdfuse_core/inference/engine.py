@@ -28,14 +28,14 @@ import warnings
 from collections import OrderedDict
 from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple, Union
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
+from sfdfuse_core.color import ycbcr_to_bgr
 from sfdfuse_core.device import resolve_device
 from sfdfuse_core.inference import ops
-from sfdfuse_core.inputs import validate_pair
+from sfdfuse_core.inputs import gray_plane, split_luma, validate_pair
 from sfdfuse_core.weights import load_model
 
 __all__ = ['FusionEngine', 'PRECISIONS', 'COMPILE_MODES', 'BACKENDS', 'available_cores',
@@ -53,6 +53,9 @@ _AMP_DTYPES = {'bf16': torch.bfloat16, 'fp16': torch.float16}
 _FALLBACK = {'inductor+cudagraphs': 'inductor', 'inductor': 'cudagraphs', 'cudagraphs': 'none'}
 
 Runner = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+_NON_FINITE = ('the model produced non-finite values (NaN or inf); the weights may be '
+               'damaged')
 
 
 def available_cores() -> int:
@@ -480,46 +483,28 @@ class FusionEngine:
             out_np, flags_np = self._download([out, flags])
         flags_np = np.atleast_1d(flags_np)
         if not flags_np[0]:
-            raise RuntimeError('the model produced non-finite values (NaN or inf); the weights '
-                               'may be damaged')
+            raise RuntimeError(_NON_FINITE)
         if gray_flag is not None and flags_np[1]:
             # Equal channels: Cb = Cr = neutral, so every BGR channel is the fused luminance.
             return np.ascontiguousarray(out_np[:, :, 0])
         return out_np
 
     def _fuse_host_uint8(self, vi: np.ndarray, ir: np.ndarray) -> np.ndarray:
-        """:meth:`fuse` of 8-bit images on the CPU: the colour steps by OpenCV itself.
+        """:meth:`fuse` of 8-bit images on the CPU: the colour steps of :class:`Fuser` (OpenCV).
 
-        The same protocol and the same bytes as the torch ops of :meth:`_fuse_device` (those
-        are bit-exact with ``cv2.cvtColor``), but one vectorised pass per conversion instead of
-        a dozen full-resolution int32 tensor ops (measured: ``docs/PERFORMANCE.md``).
+        The same bytes as the torch ops of :meth:`_fuse_device` (those are bit-exact with
+        ``cv2.cvtColor``), but one vectorised OpenCV pass per conversion instead of a dozen
+        full-resolution int32 tensor ops.
         """
-        gray = vi.ndim == 2
-        if gray:
-            y = vi
-        else:
-            ycrcb = cv2.cvtColor(np.ascontiguousarray(vi), cv2.COLOR_BGR2YCrCb)  # (H, W, 3)
-            y = ycrcb[:, :, 0]
-            # equal channels give neutral chroma (and, with OpenCV's rounding, only they do);
-            # the cheap test first, the exact one only for images that pass it
-            gray = (bool((ycrcb[:, :, 1:] == 128).all())
-                    and np.array_equal(vi[:, :, 0], vi[:, :, 1])
-                    and np.array_equal(vi[:, :, 1], vi[:, :, 2]))
-        ir_plane = ir if ir.ndim == 2 else cv2.cvtColor(np.ascontiguousarray(ir),
-                                                        cv2.COLOR_BGR2GRAY)
+        y, chroma = split_luma(vi)
         with torch.inference_mode():
             y_t = ops.to_unit(torch.from_numpy(np.ascontiguousarray(y)))[None, None]
-            ir_t = ops.to_unit(torch.from_numpy(np.ascontiguousarray(ir_plane)))[None, None]
+            ir_t = ops.to_unit(torch.from_numpy(np.ascontiguousarray(gray_plane(ir))))[None, None]
             fused = self.fuse_luma_tensor(y_t, ir_t)[0, 0]  # (H, W)
             if not bool(torch.isfinite(fused).all()):
-                raise RuntimeError('the model produced non-finite values (NaN or inf); the '
-                                   'weights may be damaged')
+                raise RuntimeError(_NON_FINITE)
             fused_u8 = ops.unit_to_uint8(fused).numpy()
-        if gray:
-            # equal channels: Cb = Cr = neutral, so every BGR channel is the fused luminance
-            return fused_u8
-        ycrcb[:, :, 0] = fused_u8  # the visible chroma stays
-        return cv2.cvtColor(ycrcb, cv2.COLOR_YCrCb2BGR)
+        return fused_u8 if chroma is None else ycbcr_to_bgr(fused_u8, *chroma)
 
     def warmup(self, shapes: Iterable[Tuple[int, int]], repeats: Optional[int] = None) -> None:
         """Compile/capture for each ``(height, width)`` and run it, so later frames are fast.
