@@ -25,7 +25,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -375,7 +375,7 @@ def _to_device(x: torch.Tensor, run: _Run) -> torch.Tensor:
 
 
 def augment_pairs(vi: torch.Tensor, ir: torch.Tensor, flip: bool, gamma: float,
-                  seed: int) -> tuple:
+                  seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
     """Random flips (shared by both images of a pair) and exposure changes (per image).
 
     Drawn from a generator seeded with ``seed`` alone, so a resumed run repeats them.
