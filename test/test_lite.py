@@ -138,6 +138,24 @@ def test_engine_picks_the_cpu_backend_the_network_names() -> None:
     assert not any(m.fused for m in ort.model.modules() if isinstance(m, ConvAct))
 
 
+def test_cpu_bf16_runs_the_plain_layers_close_to_fp32() -> None:
+    """precision='bf16' on the CPU: autocast over the plain layers, a few levels from fp32."""
+    from sfdfuse_core.model.lite import ConvAct
+
+    vi, ir = _reference_pair()
+    weights = load_model('sfdfuse-lite', device='cpu').state_dict()
+    engines = {}
+    for precision in ('fp32', 'bf16'):
+        model = _random_lite()
+        model.load_state_dict(weights)
+        engines[precision] = FusionEngine(model=model, device='cpu', precision=precision)
+    bf16 = engines['bf16']
+    assert bf16.precision == 'bf16' and bf16.backend == 'torch'
+    assert not any(m.fused for m in bf16.model.modules() if isinstance(m, ConvAct))
+    diff = np.abs(bf16(vi, ir).astype(int) - engines['fp32'](vi, ir))
+    assert 0 < diff.max() <= 8 and diff.mean() < 1.0, (diff.max(), diff.mean())
+
+
 def test_structure_keys_are_checked_and_old_files_keep_their_structure(tmp_path: Path) -> None:
     """A stored config without the newer structure keys builds the structure it was saved with."""
     import json

@@ -16,8 +16,12 @@ put the visible chroma back, 8-bit output, no min-max stretch) but fast:
 - given ``warmup_shapes``, compilation and graph capture happen in the constructor, so the first
   frame is not slow.
 
-On the CPU it runs float32 with all available cores through ONNX Runtime when it is installed
-(about 2x faster than eager torch here, see ``docs/PERFORMANCE.md``), else through torch.
+On the CPU it runs float32 with all available cores by default, through the backend each
+network was measured fastest with (``cpu_backend``: torch with fused kernels for the compact
+network, ONNX Runtime for the full one when it is installed; see ``docs/PERFORMANCE.md``).
+``precision='bf16'`` on the CPU runs bfloat16 autocast: faster where the CPU computes bf16
+natively (AVX512-BF16, AMX), a few 8-bit levels away from float32; where it does not, it may
+well be slower (not measured).
 If a compile mode fails on this machine the engine warns and falls back to the next simpler one
 (``inductor+cudagraphs`` -> ``inductor`` -> ``cudagraphs`` -> ``none``), so it always runs.
 """
@@ -206,9 +210,9 @@ class FusionEngine:
         torch's thread count is process-wide (``torch.set_num_threads``).
     :param cache_size: padded shapes kept compiled/captured at once (least recently used are
         dropped).
-    :param fuse: with the CPU torch backend, call the network's ``fuse_for_cpu`` (fused
+    :param fuse: with the CPU torch backend in fp32, call the network's ``fuse_for_cpu`` (fused
         convolution + activation kernels, folded fixed transforms) where it has one; ``False``
-        runs the plain eager layers (for comparison).
+        runs the plain eager layers (for comparison). bf16 and fp16 always run the plain layers.
     :raises ValueError: unknown option, a GPU-only option on the CPU, both ``weights`` and
         ``model``, or an invalid warm-up shape.
     :raises TypeError: ``model`` is not an ``nn.Module``.
@@ -271,8 +275,11 @@ class FusionEngine:
         if callable(fold):
             fold()
         fuse_for_cpu = getattr(model, 'fuse_for_cpu', None)
-        if fuse and not cuda and backend == 'torch' and callable(fuse_for_cpu):
-            fuse_for_cpu()  # conv + activation as one kernel where the network has them
+        if (fuse and not cuda and backend == 'torch' and precision == 'fp32'
+                and callable(fuse_for_cpu)):
+            # conv + activation as one float32 kernel where the network has them; under bf16
+            # autocast the plain layers were measured faster (docs/PERFORMANCE.md)
+            fuse_for_cpu()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
