@@ -67,6 +67,7 @@ from sfdfuse_core.weights import WeightsError
 
 METHODS = ('sfdfuse', 'mean', 'max')
 DEVICES = ('auto', 'cpu', 'cuda')
+PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 OUTPUT_ENCODINGS = ('bgr8', 'mono8')
 THERMAL_MODES = ('auto', 'fixed')
 TRANSPORTS = ('raw', 'compressed')
@@ -164,6 +165,10 @@ PARAMS: dict[str, ParamSpec] = {
         'sfdfuse); empty = the shipped default for the device: the compact sfdfuse-lite on a '
         'CPU, the published sfdfuse on a GPU once its trained weights ship.'),
     'device': ParamSpec('auto', "Inference device: 'auto' (CUDA if available), 'cpu', 'cuda'."),
+    'precision': ParamSpec(
+        'auto', "Network precision: 'auto' (bf16 on a GPU, fp32 on the CPU), 'fp32', 'bf16' (on "
+        'a CPU with native bf16, AVX512-BF16 or AMX, faster than fp32 and a few 8-bit levels '
+        "from it; slower on other CPUs) or 'fp16' (GPU)."),
     'threads': ParamSpec(
         0, 'CPU threads of the network; 0 = all cores this process may use but one, which is '
         'left to the ROS callbacks, image conversion and DDS.', int_range=(0, 1024)),
@@ -456,6 +461,7 @@ class FuseNode(Node):
             self._settings = FuseSettings.from_values(values)
             self._method = _choice('method', values['method'], METHODS)
             self._device = _choice('device', values['device'], DEVICES)
+            self._precision = _choice('precision', values['precision'], PRECISIONS)
             self._transport = _choice('rgb_transport', values['rgb_transport'], TRANSPORTS)
             self._sync_policy = _choice('sync_policy', values['sync_policy'], POLICIES)
             in_rel = RELIABILITIES[_choice('input_reliability', values['input_reliability'],
@@ -471,6 +477,8 @@ class FuseNode(Node):
         self._network_name = getattr(self._fuser, 'network', None)
         self._weights_path = getattr(self._fuser, 'weights_path', None)
         self._device_name = str(getattr(self._fuser, 'device', self._device))
+        engine = getattr(self._fuser, 'engine', None)
+        self._precision_name = str(getattr(engine, 'precision', '-'))
 
         self._stats_lock = threading.Lock()
         self._window = _Window()
@@ -546,8 +554,8 @@ class FuseNode(Node):
         if self._fuser.network is None:
             return ''
         engine = getattr(self._fuser, 'engine', None)
-        backend = (f'backend={engine.backend}, threads={engine.threads}, '
-                   if engine is not None else '')
+        backend = (f'backend={engine.backend}, precision={engine.precision}, '
+                   f'threads={engine.threads}, ' if engine is not None else '')
         return f'network={self._fuser.network}, weights={self._fuser.weights_path}, {backend}'
 
     # --- start-up -----------------------------------------------------------------------------
@@ -556,7 +564,7 @@ class FuseNode(Node):
             self.get_logger().warning(f"weights '{weights}' ignored: method is '{method}'")
         try:
             return Fuser(method=method, weights=weights or None, device=self._device,
-                         threads=self._threads)
+                         precision=self._precision, threads=self._threads)
         except WeightsError as exc:
             raise StartupError(f'cannot load SFDFuse weights: {exc}') from exc
         except (ValueError, RuntimeError) as exc:
@@ -847,6 +855,7 @@ class FuseNode(Node):
             ('network', self._network_name or '-'),
             ('weights', self._weights_path or '-'),
             ('device', self._device_name),
+            ('precision', self._precision_name),
             ('output_encoding', settings.output_encoding),
             ('sync_policy', self._sync_policy),
             ('publish_compressed', self._pub_compressed is not None),

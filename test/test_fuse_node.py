@@ -30,7 +30,7 @@ from rosutil import (FixtureNode, image_msg, PairPublisher, read_log, REPO_ROOT,
                      ros_test_env, stamp_ns_of, start_node, stop_process, thermal_frame,
                      write_params)
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
-from sfdfuse_ros.fuse_node import FuseNode, FuseSettings, LatestPairMailbox, PARAMS
+from sfdfuse_ros.fuse_node import FuseNode, FuseSettings, LatestPairMailbox, PARAMS, StartupError
 
 pytestmark = [pytest.mark.ros]
 
@@ -519,6 +519,24 @@ def test_compressed_rgb_in_and_compressed_fused_out_in_a_namespace(env: dict, tm
         assert code == 0, f'exit status {code} after SIGTERM; log:\n{read_log(log)}'
     finally:
         stop_process(proc)
+        fx.close()
+
+
+def test_precision_parameter_reaches_the_engine_and_is_checked() -> None:
+    """precision: bf16 runs the shipped compact network in bf16 on the CPU; 'int8' is refused."""
+    fx = FixtureNode('precision_test')
+    node = None
+    try:
+        node = _in_process_node(fx, '/bf16', method='sfdfuse', precision='bf16', threads=1)
+        assert node._fuser.engine.precision == 'bf16'
+        assert 'precision=bf16' in node._network_text()
+        fused = node._fuser(rgb_frame(96, 128, 0), np.full((96, 128), 100, np.uint8))
+        assert fused.shape == (96, 128, 3)
+        with pytest.raises(StartupError, match='precision must be one of'):
+            _in_process_node(fx, '/int8', precision='int8')
+    finally:
+        if node is not None:
+            node.destroy_node()
         fx.close()
 
 
