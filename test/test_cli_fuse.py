@@ -113,6 +113,17 @@ def test_sfdfuse_with_weights(folders: Dict[str, object], tmp_path: Path,
         np.testing.assert_array_equal(out, fuser(vi, ir))
 
 
+def test_bf16_precision_fuses_close_to_fp32(folders: Dict[str, object]) -> None:
+    """--precision bf16 with the shipped default network: a few 8-bit levels from fp32."""
+    assert main(_args(folders, '--device', 'cpu', '--precision', 'bf16')) == 1
+    fuser = Fuser(device='cpu', precision='fp32')
+    for name, (vi, ir) in folders['good'].items():
+        out = cv2.imread(str(folders['out'] / Path(name).with_suffix('.png')),
+                         cv2.IMREAD_UNCHANGED)
+        diff = np.abs(out.astype(int) - fuser(vi, ir))
+        assert diff.max() <= 8 and diff.mean() < 1.5, (name, diff.max(), diff.mean())
+
+
 def test_missing_default_weights(folders: Dict[str, object], tmp_path: Path, monkeypatch,
                                  capsys: pytest.CaptureFixture) -> None:
     missing = tmp_path / 'none' / 'sfdfuse_lite_ivf.safetensors'
