@@ -27,7 +27,8 @@ Per fused pair (milliseconds, ``time.monotonic``: CLOCK_MONOTONIC, shared by the
   own stamps are from the recording), ``end_to_end_overhead = end_to_end - engine``.
 
 Results go to ``OUT/node_latency_<device>.json`` and ``.md``; a run replaces an earlier run of
-the same method, size, device, rate, sync policy and thermal rate there, other runs are kept.
+the same method, size, device, rate, sync policy, thermal rate and precision there, other runs
+are kept.
 Examples (run from the repository root)::
 
     .venv/bin/python benchmarks/node_latency.py --method mean --device cpu --size 640x512
@@ -265,7 +266,8 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     log(f'work folder: {work} (ROS_DOMAIN_ID={domain})')
     weights_note = ''
     overrides = {'method': args.method, 'device': args.device, 'diagnostics_period': '1.0',
-                 'sync_policy': args.sync_policy, 'threads': str(args.threads)}
+                 'sync_policy': args.sync_policy, 'threads': str(args.threads),
+                 'precision': args.precision}
     if args.method == 'sfdfuse':
         if args.random_weights:
             import torch
@@ -418,6 +420,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         'thermal_size': f'{max(16, args.size[0] // 2)}x{max(16, args.size[1] // 2)}',
         'rate': args.rate, 'frames': args.frames, 'weights': weights_note or None,
         'sync_policy': args.sync_policy, 'thermal_hz': args.thermal_hz, 'threads': args.threads,
+        'precision': args.precision,
         'command': 'python benchmarks/node_latency.py ' + shlex.join(sys.argv[1:]),
         'date': time.strftime('%Y-%m-%d %H:%M:%S %z'),
         'machine': {'cpus': os.cpu_count(), 'platform': platform.platform(),
@@ -480,7 +483,7 @@ def render_markdown(device: str, runs: List[Dict[str, Any]]) -> str:
         def p(m: str, q: str) -> str:
             return _fmt(ms[m].get(q))
 
-        lines.append(f"| {r['method']} | {r['size']} | {r['rate']:g} | {_sync_text(r)} "
+        lines.append(f"| {_method_text(r)} | {r['size']} | {r['rate']:g} | {_sync_text(r)} "
                      f"| {r['pairs_fused']} / "
                      f"{r['pairs_expected']} | {p('engine', 'p50')} "
                      f"| {p('node_latency', 'p50')} / {p('node_latency', 'p99')} "
@@ -490,7 +493,7 @@ def render_markdown(device: str, runs: List[Dict[str, Any]]) -> str:
                      f"| {p('end_to_end', 'p50')} / {p('end_to_end', 'p99')} |")
     for r in runs:
         c = r['node_counters']
-        lines += ['', f"## {r['method']}, {r['size']} (thermal {r['thermal_size']}), "
+        lines += ['', f"## {_method_text(r)}, {r['size']} (thermal {r['thermal_size']}), "
                       f"{r['device']}, bag at {r['rate']:g}x, {_sync_text(r)}", '',
                   f"`{r['command']}`", '',
                   f"{r['date']}; {r['machine']['cpus']} CPUs, load average "
@@ -517,6 +520,12 @@ def _sync_text(r: Dict[str, Any]) -> str:
     return f"{r.get('sync_policy', 'optimal')}, thermal {r.get('thermal_hz', 9.0):g} Hz"
 
 
+def _method_text(run: Dict[str, Any]) -> str:
+    """The method, with the precision when it is not the default."""
+    precision = run.get('precision', 'auto')
+    return run['method'] if precision == 'auto' else f"{run['method']} ({precision})"
+
+
 def save(out_dir: Path, result: Dict[str, Any]) -> Tuple[Path, Path]:
     """Merge a run into ``node_latency_<device>.json`` and rewrite the Markdown beside it.
 
@@ -538,7 +547,7 @@ def save(out_dir: Path, result: Dict[str, Any]) -> Tuple[Path, Path]:
 
     def key(r: Dict[str, Any]) -> tuple:
         return (r['method'], r['size'], r['device'], r['rate'], r.get('sync_policy', 'optimal'),
-                r.get('thermal_hz', 9.0))
+                r.get('thermal_hz', 9.0), r.get('precision', 'auto'))
 
     runs = [r for r in runs if key(r) != key(result)] + [result]
     json_path.write_text(json.dumps({'runs': runs}, indent=2) + '\n')
@@ -570,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='playback speed factor (below 1 when the node cannot keep up)')
     parser.add_argument('--sync-policy', choices=('optimal', 'greedy'), default='optimal',
                         help="the node's sync_policy parameter (default: %(default)s)")
+    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
+                        help="the node's precision parameter (default: %(default)s)")
     parser.add_argument('--threads', type=int, default=0,
                         help="the node's threads parameter (0: all cores but one; default: "
                         '%(default)s)')

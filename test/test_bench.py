@@ -44,6 +44,17 @@ def test_cpu_run_times_the_yardstick_beside_the_engines(tmp_path):
     assert PLAIN_CNN_PATH in md_path.read_text()
 
 
+def test_cpu_bf16_adds_a_row_close_to_eager():
+    """precision='bf16' on the CPU: a bf16 engine row beside the fp32 ones."""
+    settings = BenchSettings(device=torch.device('cpu'), sizes=[(32, 48)], repeats=1,
+                             eager_repeats=1, warmup=0, network='sfdfuse-lite',
+                             onnxruntime=False, train_repeats=0, plain_cnn=False,
+                             precision='bf16', config=SFDFuseLiteConfig(dim=8))
+    rows = {row['path']: row for row in run_benchmark(settings)['latency']}
+    assert {'engine fp32 (torch)', 'engine bf16 (torch)'} <= set(rows)
+    assert 30.0 < rows['engine bf16 (torch)']['psnr_vs_eager_db'] < float('inf')
+
+
 def test_yardstick_can_be_left_out():
     """``plain_cnn=False`` times only the network's own paths."""
     settings = BenchSettings(device=torch.device('cpu'), sizes=[(16, 16)], repeats=1,

@@ -72,7 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--quality-limit', type=int, default=0, metavar='N',
                         help='at most N pairs per set for the quality check (0: all)')
     parser.add_argument('--precision', default='auto', choices=('auto', 'fp32', 'bf16', 'fp16'),
-                        help="the engine's precision (default: %(default)s)")
+                        help="the engine's precision (default: %(default)s: bf16 on a GPU; "
+                             'on the CPU the fp32 rows always run, and bf16 or fp16 adds a row '
+                             'in that precision)')
     parser.add_argument('--compile', default='auto',
                         choices=('auto', 'none', 'inductor', 'cudagraphs', 'inductor+cudagraphs'),
                         help="the engine's compile mode (default: %(default)s)")

@@ -246,6 +246,9 @@ def _engines(model: nn.Module, settings: BenchSettings, log: Callable[[str], Non
         if callable(getattr(model, 'fuse_for_cpu', None)):
             specs.append(('engine fp32 (torch, unfused)', dict(precision='fp32', compile='none',
                                                                backend='torch', fuse=False)))
+        if settings.precision in ('bf16', 'fp16'):  # asked for: reduced precision on the CPU
+            specs.append((f'engine {settings.precision} (torch)',
+                          dict(precision=settings.precision, compile='none', backend='torch')))
         if settings.onnxruntime:
             specs.append(('engine fp32 (onnxruntime)', dict(backend='onnxruntime',
                                                             channels_last=False)))
