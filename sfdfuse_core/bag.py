@@ -387,6 +387,7 @@ class _Input:
 def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_topic: str,
              fuser: Callable[[np.ndarray, np.ndarray], np.ndarray],
              fused_topic: str = '/fused/image', slop: float = 0.05, queue_size: int = 10,
+             sync_policy: str = 'optimal',
              thermal_normalizer: Optional[Callable[[np.ndarray], np.ndarray]] = None,
              homography: Optional[np.ndarray] = None, include_inputs: bool = False,
              output_encoding: str = 'bgr8', storage: str = 'mcap', overwrite: bool = False,
@@ -394,10 +395,11 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
     """Fuse the thermal and RGB images of a bag into a new bag.
 
     Pairing uses the header stamps and :class:`~sfdfuse_core.sync.ApproximateTimePairer`
-    (``slop``, ``queue_size``), as the node does. The thermal image is mapped to 8 bit by
-    ``thermal_normalizer`` (default :class:`~sfdfuse_core.thermal.ThermalNormalizer` in ``auto``
-    mode), aligned to the RGB geometry by :func:`~sfdfuse_core.thermal.align_thermal`, and fused
-    with the RGB image by ``fuser(vi, ir)``, as the node does. The fused ``sensor_msgs/Image``
+    (``slop``, ``queue_size``, ``sync_policy``), as the node does. The thermal image is mapped
+    to 8 bit by ``thermal_normalizer`` (default :class:`~sfdfuse_core.thermal.ThermalNormalizer`
+    in ``auto`` mode), aligned to the RGB geometry by
+    :func:`~sfdfuse_core.thermal.align_thermal`, and fused with the RGB image by
+    ``fuser(vi, ir)``, as the node does. The fused ``sensor_msgs/Image``
     carries the RGB header; its bag time is the later of the two inputs' bag times.
 
     :param in_path: input bag: folder, ``.mcap`` or ``.db3`` file.
@@ -408,6 +410,8 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
     :param fused_topic: output topic.
     :param slop: largest stamp difference of a pair, seconds.
     :param queue_size: messages the pairer keeps per stream.
+    :param sync_policy: the pairer's policy, ``'optimal'`` or ``'greedy'`` (the node's
+        ``sync_policy``).
     :param thermal_normalizer: 16-bit (or 8-bit) thermal -> ``uint8`` mapping.
     :param homography: 3x3 thermal -> RGB homography for the alignment, or ``None`` (resize).
     :param output_encoding: ``'bgr8'`` (fused luminance with the RGB chroma; gray output is
@@ -436,6 +440,10 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
         raise BagError(f"output_encoding must be 'bgr8' or 'mono8', got {output_encoding!r}")
     if thermal_topic == rgb_topic:
         raise BagError(f'thermal and rgb topic are the same: {thermal_topic!r}')
+    try:  # slop, queue_size and sync_policy checked before anything is written
+        ApproximateTimePairer(slop=slop, queue_size=queue_size, policy=sync_policy)
+    except ValueError as exc:
+        raise BagError(str(exc)) from exc
     if fused_topic in (thermal_topic, rgb_topic) and include_inputs:
         raise BagError(f'fused topic {fused_topic!r} equals an input topic copied to the output')
     in_path, out_path = Path(in_path), Path(out_path)
@@ -479,7 +487,7 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
                 for c in conns[THERMAL] + conns[RGB]:
                     copy_conns[c.id] = _copy_connection(writer, c, typestore)
                 report.copied = {thermal_topic: 0, rgb_topic: 0}
-            pairer = ApproximateTimePairer(slop=slop, queue_size=queue_size)
+            pairer = ApproximateTimePairer(slop=slop, queue_size=queue_size, policy=sync_policy)
             members = {THERMAL: 0, RGB: 0}  # messages that went into a pair
             image_t = typestore.types[IMAGE_TYPE]
 

@@ -16,7 +16,7 @@ from rosbags.rosbag2 import Reader, StoragePlugin, Writer
 
 from bagutil import header_message, IMAGE, image_message, TS
 from sfdfuse_core import cli
-from sfdfuse_core.bag import BagError, BagOutputExistsError, BagTopicError, fuse_bag
+from sfdfuse_core.bag import BagError, BagOutputExistsError, BagTopicError, fuse_bag, pair_stamps
 from sfdfuse_core.fusion import Fuser
 from sfdfuse_core.imgmsg import image_msg_to_array
 from sfdfuse_core.scene import SceneError, frames_from_folders, make_scene, write_scene_bag
@@ -128,6 +128,24 @@ def test_fuse_bag_pairs_counts_and_output(tmp_path, mean_fuser, storage, rgb_enc
     storage_files = list(out.glob('*.mcap' if storage == 'mcap' else '*.db3'))
     assert len(storage_files) == 1
     assert not list(tmp_path.glob('.out.partial*'))
+
+
+def test_fuse_bag_sync_policy_pairs_as_the_node_would(tmp_path, mean_fuser):
+    """sync_policy='greedy' gives pair_stamps' greedy pairs; a bad policy writes nothing."""
+    bag = tmp_path / 'in'
+    write_test_bag(bag, 'mcap', 'rgb8')
+    with pytest.raises(BagError, match='policy must be one of'):
+        fuse_bag(bag, tmp_path / 'bad', thermal_topic='/thermal/image', rgb_topic='/rgb/image',
+                 fuser=mean_fuser, sync_policy='fastest')
+    assert not (tmp_path / 'bad').exists() and not list(tmp_path.glob('.bad*'))
+    out = tmp_path / 'greedy'
+    report = fuse_bag(bag, out, thermal_topic='/thermal/image', rgb_topic='/rgb/image',
+                      fuser=mean_fuser, sync_policy='greedy')
+    msgs = [TS.deserialize_cdr(raw, IMAGE) for _, _, raw in read_topic(out, '/fused/image')]
+    stamps = sorted(m.header.stamp.sec * 10 ** 9 + m.header.stamp.nanosec for m in msgs)
+    greedy = sorted(rgb for _, _, rgb in pair_stamps(thermal_stamps(), rgb_stamps(),
+                                                     policy='greedy'))
+    assert report.fused == len(greedy) and stamps == greedy
 
 
 def test_fuse_bag_include_inputs_copies_raw_bytes_and_reads_single_file(tmp_path, mean_fuser):

@@ -38,6 +38,10 @@ def add_fuse_arguments(parser: argparse.ArgumentParser) -> None:
                         '%(default)s)')
     parser.add_argument('--queue-size', type=int, default=10,
                         help='messages the pairer keeps per stream (default: %(default)s)')
+    parser.add_argument('--sync-policy', choices=('optimal', 'greedy'), default='optimal',
+                        help="pairing policy, as the node's sync_policy: optimal (the most "
+                        'pairs, each frame with its closest partner) or greedy (each frame at '
+                        'once with the closest queued partner) (default: %(default)s)')
     parser.add_argument('--include-inputs', action='store_true',
                         help='copy the thermal and RGB topics into the output too')
     parser.add_argument('--thermal-range', choices=('auto', 'fixed'), default='auto',
@@ -129,7 +133,8 @@ def run_fuse(args: argparse.Namespace) -> int:
         report = fuse_bag(args.input, args.output, thermal_topic=args.thermal_topic,
                           rgb_topic=args.rgb_topic, fuser=fuser, fused_topic=args.fused_topic,
                           slop=args.slop, queue_size=args.queue_size,
-                          thermal_normalizer=normalizer, include_inputs=args.include_inputs,
+                          sync_policy=args.sync_policy, thermal_normalizer=normalizer,
+                          include_inputs=args.include_inputs,
                           output_encoding=args.output_encoding,
                           storage=args.format, overwrite=args.force,
                           progress=not args.no_progress)
