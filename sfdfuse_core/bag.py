@@ -261,7 +261,8 @@ def open_reader(in_path: PathLike, allow_truncated: bool = False):
     return reader
 
 
-def _check_topic(reader, topic: str, role: str) -> list:
+def check_topic(reader, topic: str, role: str) -> list:
+    """Return the connections of ``topic``; :class:`BagTopicError` if missing or not an image."""
     conns = [c for c in reader.connections if c.topic == topic]
     if not conns:
         raise BagTopicError(f'{role} topic {topic!r} not in the bag; its topics are:\n'
@@ -274,7 +275,8 @@ def _check_topic(reader, topic: str, role: str) -> list:
     return conns
 
 
-def _stamp_ns(header) -> int:
+def stamp_ns(header) -> int:
+    """Return a ``std_msgs/Header`` stamp in nanoseconds."""
     return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
 
 
@@ -355,7 +357,7 @@ def _remove(path: Path) -> None:
         path.unlink()
 
 
-def _read_messages(reader, connections: list, in_path: Path):
+def read_messages(reader, connections: list, in_path: Path):
     """Yield ``reader.messages(...)``; a damaged file becomes a :class:`BagError`.
 
     rosbags raises its own errors, and the SQLite driver raises ``apsw.CorruptError`` for a
@@ -465,8 +467,8 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
         if isinstance(reader, SalvageReader):
             report.truncated = [t.describe() for t in reader.truncations]
             report.cut_short = any(t.cut for t in reader.truncations)
-        conns = {THERMAL: _check_topic(reader, thermal_topic, 'thermal'),
-                 RGB: _check_topic(reader, rgb_topic, 'rgb')}
+        conns = {THERMAL: check_topic(reader, thermal_topic, 'thermal'),
+                 RGB: check_topic(reader, rgb_topic, 'rgb')}
         stream_of = {c.id: s for s, cs in conns.items() for c in cs}
         report.read = {thermal_topic: 0, rgb_topic: 0}
         report.declared = {topic: sum(c.msgcount for c in conns[stream]) for stream, topic in
@@ -525,7 +527,7 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
                 from sfdfuse_core.progress import progress as progress_bar
                 bar = progress_bar(total=total, unit='msg', desc='fusing')
             wanted = conns[THERMAL] + conns[RGB]
-            for conn, bag_time, raw in _read_messages(reader, wanted, in_path):
+            for conn, bag_time, raw in read_messages(reader, wanted, in_path):
                 stream = stream_of[conn.id]
                 role = _ROLE[stream]
                 report.read[conn.topic] += 1
@@ -546,7 +548,7 @@ def fuse_bag(in_path: PathLike, out_path: PathLike, *, thermal_topic: str, rgb_t
                     bad(role, 'bad image', f'{type(exc).__name__}: {exc}')
                     continue
                 item = _Input(header=msg.header, image=image, bag_time=bag_time)
-                emit(pairer.add(stream, _stamp_ns(msg.header), item))
+                emit(pairer.add(stream, stamp_ns(msg.header), item))
             emit(pairer.flush() or [])
             if bar is not None:
                 bar.close()

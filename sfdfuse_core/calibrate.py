@@ -831,8 +831,8 @@ def read_bag_pairs(bag: PathLike, thermal_topic: str, rgb_topic: str, slop: floa
     """
     from rosbags.typesys import Stores, get_typestore
 
-    from sfdfuse_core.bag import (BagError, RGB, THERMAL, _check_topic, _read_messages,
-                                  _stamp_ns, open_reader)
+    from sfdfuse_core.bag import (BagError, RGB, THERMAL, check_topic, read_messages,
+                                  stamp_ns, open_reader)
     from sfdfuse_core.imgmsg import decode_frame
     from sfdfuse_core.sync import ApproximateTimePairer
 
@@ -844,21 +844,21 @@ def read_bag_pairs(bag: PathLike, thermal_topic: str, rgb_topic: str, slop: floa
     bag = Path(bag)
     try:
         with closing(open_reader(bag)) as reader:
-            conns = {THERMAL: _check_topic(reader, thermal_topic, 'thermal'),
-                     RGB: _check_topic(reader, rgb_topic, 'rgb')}
+            conns = {THERMAL: check_topic(reader, thermal_topic, 'thermal'),
+                     RGB: check_topic(reader, rgb_topic, 'rgb')}
             stream_of = {c.id: s for s, cs in conns.items() for c in cs}
             wanted = conns[THERMAL] + conns[RGB]
             pairer = ApproximateTimePairer(slop=slop, queue_size=queue_size)
             pairs = []
             ordinal = 0
-            for conn, _, raw in _read_messages(reader, wanted, bag):
+            for conn, _, raw in read_messages(reader, wanted, bag):
                 stream = stream_of[conn.id]
                 try:
                     msg = typestore.deserialize_cdr(raw, conn.msgtype)
                 except Exception:  # a corrupt message pairs with nothing; the bag tool counts it
                     ordinal += 1
                     continue
-                pairs += pairer.add(stream, _stamp_ns(msg.header), ordinal)
+                pairs += pairer.add(stream, stamp_ns(msg.header), ordinal)
                 ordinal += 1
             pairs += pairer.flush() or []
             if not pairs:
@@ -872,7 +872,7 @@ def read_bag_pairs(bag: PathLike, thermal_topic: str, rgb_topic: str, slop: floa
             want = {o for _, a, b in chosen for o in (a, b)}
             images: dict[int, Any] = {}
             ordinal = 0
-            for conn, _, raw in _read_messages(reader, wanted, bag):
+            for conn, _, raw in read_messages(reader, wanted, bag):
                 if ordinal in want:
                     try:
                         msg = typestore.deserialize_cdr(raw, conn.msgtype)
