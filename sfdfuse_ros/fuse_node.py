@@ -57,7 +57,7 @@ except ImportError:  # Humble
     from rclpy.qos_event import PublisherEventCallbacks, SubscriptionEventCallbacks
 
 from sfdfuse_core.fusion import Fuser
-from sfdfuse_core.inference.engine import available_cores
+from sfdfuse_core.inference.engine import available_cores, PRECISIONS
 from sfdfuse_core.imgmsg import (decode_frame, encode_compressed, fill_image_msg,
                                  ImageConversionError)
 from sfdfuse_core.sync import (ApproximateTimePairer, header_stamp_ns, POLICIES, RGB,
@@ -67,7 +67,6 @@ from sfdfuse_core.weights import WeightsError
 
 METHODS = ('sfdfuse', 'mean', 'max')
 DEVICES = ('auto', 'cpu', 'cuda')
-PRECISIONS = ('auto', 'fp32', 'bf16', 'fp16')
 OUTPUT_ENCODINGS = ('bgr8', 'mono8')
 THERMAL_MODES = ('auto', 'fixed')
 TRANSPORTS = ('raw', 'compressed')

@@ -115,6 +115,10 @@ def test_sfdfuse_with_weights(folders: Dict[str, object], tmp_path: Path,
 
 def test_bf16_precision_fuses_close_to_fp32(folders: Dict[str, object]) -> None:
     """--precision bf16 with the shipped default network: a few 8-bit levels from fp32."""
+    from sfdfuse_core.commands import PRECISION_CHOICES
+    from sfdfuse_core.inference import PRECISIONS
+
+    assert PRECISION_CHOICES == PRECISIONS  # the command line offers what the engine takes
     assert main(_args(folders, '--device', 'cpu', '--precision', 'bf16')) == 1
     fuser = Fuser(device='cpu', precision='fp32')
     for name, (vi, ir) in folders['good'].items():

@@ -6,6 +6,8 @@ wheels) and imports it only when run.
 import argparse
 import sys
 
+from sfdfuse_core.commands import add_precision_argument
+
 HELP = 'work with ROS 2 bags: fuse a bag offline, or play one into the node'
 
 #: Exit status for a refused or impossible request (existing output, missing topic ...).
@@ -29,10 +31,7 @@ def add_fuse_arguments(parser: argparse.ArgumentParser) -> None:
                         'sfdfuse) (default: the shipped compact network on the CPU)')
     parser.add_argument('--device', default='auto', help='torch device: auto, cpu, cuda, ... '
                         '(default: %(default)s)')
-    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
-                        help='network precision: auto (bf16 on a GPU, fp32 on the CPU); bf16 '
-                        'is faster on CPUs with native bf16 (AVX512-BF16, AMX), a few 8-bit '
-                        'levels from fp32 (default: %(default)s)')
+    add_precision_argument(parser)
     parser.add_argument('--slop', type=float, default=0.05,
                         help='largest stamp difference of a pair in seconds (default: '
                         '%(default)s)')

@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 from typing import List, Tuple
 
+from sfdfuse_core.commands import add_precision_argument
+
 HELP = 'fuse the infrared/visible image pairs of two folders into PNG files'
 
 METHOD_CHOICES = ('sfdfuse', 'mean', 'max')
@@ -38,10 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'the shipped compact network on the CPU)')
     parser.add_argument('--device', choices=DEVICE_CHOICES, default='auto',
                         help='where the network runs (default: %(default)s)')
-    parser.add_argument('--precision', choices=('auto', 'fp32', 'bf16', 'fp16'), default='auto',
-                        help='network precision: auto (bf16 on a GPU, fp32 on the CPU); bf16 '
-                        'is faster on CPUs with native bf16 (AVX512-BF16, AMX), a few 8-bit '
-                        'levels from fp32 (default: %(default)s)')
+    add_precision_argument(parser)
     parser.add_argument('--no-progress', action='store_true',
                         help='do not show the progress bar')
 
