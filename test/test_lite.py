@@ -143,12 +143,8 @@ def test_cpu_bf16_runs_the_plain_layers_close_to_fp32() -> None:
     from sfdfuse_core.model.lite import ConvAct
 
     vi, ir = _reference_pair()
-    weights = load_model('sfdfuse-lite', device='cpu').state_dict()
-    engines = {}
-    for precision in ('fp32', 'bf16'):
-        model = _random_lite()
-        model.load_state_dict(weights)
-        engines[precision] = FusionEngine(model=model, device='cpu', precision=precision)
+    engines = {precision: FusionEngine(weights='sfdfuse-lite', device='cpu', precision=precision)
+               for precision in ('fp32', 'bf16')}
     bf16 = engines['bf16']
     assert bf16.precision == 'bf16' and bf16.backend == 'torch'
     assert not any(m.fused for m in bf16.model.modules() if isinstance(m, ConvAct))
