@@ -6,7 +6,7 @@ import torch
 from sfdfuse_core.train.losses import (FusionLoss, LossWeights, ReconstructionLoss, correlation,
                                        decomposition_loss, fusion_loss, fusion_targets,
                                        gradient_loss, sobel_magnitude, spatial_gradient,
-                                       ssim_loss, ssim_map)
+                                       ssim_loss, ssim_map, sum_of_correlations)
 
 
 def _rand(*shape, seed=0):
@@ -190,3 +190,23 @@ def test_range_term_is_the_distance_to_the_unit_interval():
     off = fusion_loss(vi, ir, fused, LossWeights())
     assert float(off['range']) == 0.0
     assert float(terms['fusion']) == pytest.approx(float(off['fusion']) + 7.0 * 0.1875, rel=1e-5)
+
+
+def test_scd_term_is_two_minus_the_sum_of_correlations_of_differences():
+    """fusion_scd weighs 2 - cc(F - I, Y) - cc(F - Y, I): 0 for F = Y + I, the metric's value."""
+    vi, ir = _rand(2, 1, 16, 16), _rand(2, 1, 16, 16, seed=1)
+    assert float(sum_of_correlations(vi + ir, vi, ir)) == pytest.approx(2.0, abs=1e-5)
+    # the metric's own definition, per sample, then the batch mean
+    fused = torch.maximum(vi, ir)
+    expected = np.mean([
+        np.corrcoef((fused[b] - ir[b]).flatten(), vi[b].flatten())[0, 1]
+        + np.corrcoef((fused[b] - vi[b]).flatten(), ir[b].flatten())[0, 1] for b in range(2)])
+    assert float(sum_of_correlations(fused, vi, ir)) == pytest.approx(expected, abs=1e-4)
+    terms = fusion_loss(vi, ir, fused, LossWeights(fusion_scd=3.0))
+    assert float(terms['scd']) == pytest.approx(2.0 - expected, abs=1e-4)
+    off = fusion_loss(vi, ir, fused, LossWeights())
+    assert float(off['scd']) == 0.0
+    assert float(terms['fusion']) == pytest.approx(
+        float(off['fusion']) + 3.0 * (2.0 - expected), rel=1e-4)
+    with pytest.raises(ValueError, match='fusion_scd'):
+        LossWeights(fusion_scd=-1.0)

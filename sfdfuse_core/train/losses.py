@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ['LossWeights', 'gaussian_window', 'ssim_map', 'ssim_loss', 'spatial_gradient',
-           'sobel_magnitude', 'correlation', 'decomposition_loss', 'gradient_loss',
-           'reconstruction_loss', 'fusion_targets', 'fusion_loss', 'ReconstructionLoss',
-           'FusionLoss']
+           'sobel_magnitude', 'correlation', 'sum_of_correlations', 'decomposition_loss',
+           'gradient_loss', 'reconstruction_loss', 'fusion_targets', 'fusion_loss',
+           'ReconstructionLoss', 'FusionLoss']
 
 _EPS = torch.finfo(torch.float32).eps
 
@@ -51,6 +51,7 @@ class LossWeights:
                   + fusion_ssim * SSIMLoss(M, F)
                   + fusion_ssim_sources * (SSIMLoss(Y, F) + SSIMLoss(I, F)) / 2
                   + fusion_range * mean(relu(F - 1) + relu(-F))
+                  + fusion_scd * (2 - cc(F - I, Y) - cc(F - Y, I))
                   + fusion_decomp * L_decomp
 
     and ``L_decomp = cc(detail_V, detail_I)**2 / (decomp_offset + cc(base_V, base_I))``.
@@ -87,6 +88,12 @@ class LossWeights:
     #: inference can meet a sharpness target with values outside the range that the clamp then
     #: removes; this term makes the training objective the one that inference sees.
     fusion_range: float = 0.0
+    #: Phase II: weight of ``2 - SCD``, SCD being the sum of the correlations of differences
+    #: ``cc(F - I, Y) + cc(F - Y, I)`` per patch (Aslantas and Bendes' metric, differentiable):
+    #: asks that what F adds to each source correlate with the other source, so that both
+    #: sources' contrast is kept where ``max(Y, I)`` drops the darker one (0 in the published
+    #: recipe).
+    fusion_scd: float = 0.0
     #: Phase II: weight of the decomposition loss.
     fusion_decomp: float = 2.0
     #: Side of the SSIM Gaussian window.
@@ -101,7 +108,7 @@ class LossWeights:
         """
         for name in ('ssim', 'mse', 'recon_vi', 'recon_ir', 'decomp', 'gradient', 'intensity',
                      'fusion_gradient', 'fusion_ssim', 'fusion_ssim_sources', 'fusion_range',
-                     'fusion_decomp'):
+                     'fusion_scd', 'fusion_decomp'):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f'loss weight {name} must be a number >= 0, got {value!r}')
@@ -268,6 +275,21 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.clamp(num / den, -1.0, 1.0).mean()
 
 
+def sum_of_correlations(fused: torch.Tensor, vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of ``cc(F - I, Y) + cc(F - Y, I)`` (the SCD fusion metric).
+
+    Each correlation is taken over one sample's pixels, as :func:`correlation` does; 2 for
+    ``F = Y + I``, about 1.4 to 1.6 for ``max(Y, I)`` and the mean on typical pairs.
+
+    :param fused: ``(B, 1, H, W)`` float.
+    :param vi: visible luma, same shape.
+    :param ir: infrared, same shape.
+    :return: scalar in ``[-2, 2]``.
+    """
+    _check_images(fused=fused, vi=vi, ir=ir)
+    return correlation(fused - ir, vi) + correlation(fused - vi, ir)
+
+
 def decomposition_loss(base_v: torch.Tensor, detail_v: torch.Tensor, base_i: torch.Tensor,
                        detail_i: torch.Tensor, offset: float = 1.01) -> torch.Tensor:
     """Compute the correlation-driven decomposition loss ``cc_D**2 / (offset + cc_B)``.
@@ -331,9 +353,9 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
     :param ir: infrared ``(B, 1, H, W)`` in ``[0, 1]``.
     :param fused: the fused image ``(B, 1, H, W)``.
     :param weights: the loss weights.
-    :return: ``{'intensity', 'gradient', 'ssim', 'ssim_sources', 'range', 'fusion'}``
-        scalars; ``'fusion'`` is the weighted sum (``'ssim_sources'`` and ``'range'`` are only
-        computed when their weight is not 0, else they are 0).
+    :return: ``{'intensity', 'gradient', 'ssim', 'ssim_sources', 'range', 'scd', 'fusion'}``
+        scalars; ``'fusion'`` is the weighted sum (``'ssim_sources'``, ``'range'`` and
+        ``'scd'`` are only computed when their weight is not 0, else they are 0).
     """
     _check_images(ir=ir, fused=fused)
     target, target_grad = fusion_targets(vi, ir)
@@ -352,11 +374,14 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
         terms['ssim_sources'] = fused.new_zeros(())
     terms['range'] = ((F.relu(fused - 1.0) + F.relu(-fused)).mean() if weights.fusion_range
                       else fused.new_zeros(()))
+    terms['scd'] = (2.0 - sum_of_correlations(fused, vi[:, :1], ir) if weights.fusion_scd
+                    else fused.new_zeros(()))
     terms['fusion'] = (weights.intensity * terms['intensity']
                        + weights.fusion_gradient * terms['gradient']
                        + weights.fusion_ssim * terms['ssim']
                        + weights.fusion_ssim_sources * terms['ssim_sources']
-                       + weights.fusion_range * terms['range'])
+                       + weights.fusion_range * terms['range']
+                       + weights.fusion_scd * terms['scd'])
     return terms
 
 
