@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from sfdfuse_core.metrics import scd
 from sfdfuse_core.train.losses import (FusionLoss, LossWeights, ReconstructionLoss, correlation,
                                        decomposition_loss, fusion_loss, fusion_targets,
                                        gradient_loss, sobel_magnitude, spatial_gradient,
@@ -196,11 +197,10 @@ def test_scd_term_is_two_minus_the_sum_of_correlations_of_differences():
     """fusion_scd weighs 2 - cc(F - I, Y) - cc(F - Y, I): 0 for F = Y + I, the metric's value."""
     vi, ir = _rand(2, 1, 16, 16), _rand(2, 1, 16, 16, seed=1)
     assert float(sum_of_correlations(vi + ir, vi, ir)) == pytest.approx(2.0, abs=1e-5)
-    # the metric's own definition, per sample, then the batch mean
+    # the evaluator's SCD (sfdfuse_core.metrics, on 0..255 values) per sample, then the mean
     fused = torch.maximum(vi, ir)
-    expected = np.mean([
-        np.corrcoef((fused[b] - ir[b]).flatten(), vi[b].flatten())[0, 1]
-        + np.corrcoef((fused[b] - vi[b]).flatten(), ir[b].flatten())[0, 1] for b in range(2)])
+    expected = np.mean([scd(*(255.0 * x[b, 0].double().numpy() for x in (fused, ir, vi)))
+                        for b in range(2)])
     assert float(sum_of_correlations(fused, vi, ir)) == pytest.approx(expected, abs=1e-4)
     terms = fusion_loss(vi, ir, fused, LossWeights(fusion_scd=3.0))
     assert float(terms['scd']) == pytest.approx(2.0 - expected, abs=1e-4)

@@ -278,8 +278,10 @@ def correlation(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 def sum_of_correlations(fused: torch.Tensor, vi: torch.Tensor, ir: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of ``cc(F - I, Y) + cc(F - Y, I)`` (the SCD fusion metric).
 
-    Each correlation is taken over one sample's pixels, as :func:`correlation` does; 2 for
-    ``F = Y + I``, about 1.4 to 1.6 for ``max(Y, I)`` and the mean on typical pairs.
+    Each correlation is taken over one sample's pixels, as :func:`correlation` does, so it is
+    :func:`sfdfuse_core.metrics.scd` of each sample: 2 for ``F = Y + I``; on 101 training
+    patches (128 x 128) 1.25 for ``max(Y, I)`` and 1.18 for the mean (whole held-out images
+    score higher: 1.55 and 1.24).
 
     :param fused: ``(B, 1, H, W)`` float.
     :param vi: visible luma, same shape.
