@@ -154,6 +154,38 @@ def test_augmentation_keeps_pairs_aligned_and_in_range():
     assert not torch.equal(again[0], other[0])
 
 
+def test_exposure_augmentation_moves_chosen_patch_means_into_the_range():
+    torch.manual_seed(0)
+    # dim patches, as MSRS infrared: means near 0.1
+    vi = 0.2 * torch.rand(400, 1, 16, 16) + 0.01
+    ir = vi.clone()
+    e_vi, e_ir = augment_pairs(vi, ir, flip=False, gamma=0.0, seed=3, exposure=(0.5, 0.3, 0.7))
+    for before, after in ((vi, e_vi), (ir, e_ir)):
+        assert 0.0 <= float(after.min()) and float(after.max()) <= 1.0
+        changed = (after - before).flatten(1).abs().amax(1) > 0
+        assert 140 < int(changed.sum()) < 260  # about half of 400, each modality on its own
+        means = after.mean(dim=(1, 2, 3))[changed]
+        # x ** g moves the mean to the drawn level up to Jensen's gap (a few hundredths here)
+        assert float(means.min()) > 0.25 and float(means.max()) < 0.75
+        assert float(means.std()) > 0.08  # levels spread over the range, not one value
+        # one exponent per patch: log(after) / log(before) is constant within a patch
+        ratio = torch.log(after[changed]) / torch.log(before[changed])
+        assert float((ratio.flatten(1).amax(1) - ratio.flatten(1).amin(1)).max()) < 1e-3
+    assert not torch.equal(e_vi, e_ir)
+    # off by default, and the draws of the older augmentations are unchanged by it
+    assert augment_pairs(vi, ir, flip=False, gamma=0.0, seed=3)[0] is vi
+    plain = augment_pairs(vi, ir, flip=True, gamma=0.5, seed=4)
+    both = augment_pairs(vi, ir, flip=True, gamma=0.5, seed=4, exposure=(1e-9, 0.3, 0.7))
+    assert torch.equal(plain[0], both[0]) and torch.equal(plain[1], both[1])
+
+
+def test_exposure_augmentation_settings_are_checked():
+    with pytest.raises(ConfigError, match='augment_exposure is a probability'):
+        TrainConfig(augment_exposure=1.5)
+    with pytest.raises(ConfigError, match='augment_exposure_low'):
+        TrainConfig(augment_exposure=0.5, augment_exposure_low=0.8, augment_exposure_high=0.7)
+
+
 def test_resume_is_exact_after_a_crash_and_after_a_step_budget(patches, tmp_path):
     # with augmentation on: its draws are seeded by the step, so a resume repeats them
     extra = ['batch_size=2', 'max_steps_per_epoch=3', 'save_every_steps=1', 'augment_flip=true',

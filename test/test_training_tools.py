@@ -87,3 +87,32 @@ def test_score_holdout_grid_shows_every_fuser_on_the_held_out_pairs(tmp_path: Pa
     # rows: 2 of A's 3 pairs + B's only one; columns: infrared, visible, mean, max, the candidate
     assert picture is not None and picture.shape[:2] == grid_size(3, 5)
     assert f'picture: {grid}' in run.stdout
+
+
+def test_exposure_holdout_maps_each_image_to_mid_grey_keeping_names_and_hues(tmp_path: Path
+                                                                             ) -> None:
+    data, out = tmp_path / 'holdout', tmp_path / 'mid'
+    rng = np.random.default_rng(1)
+    for kind in ('ir', 'vi'):
+        (data / 'A' / kind).mkdir(parents=True)
+    dark_ir = rng.integers(0, 60, (40, 50), dtype=np.uint8)  # dim, as MSRS at night
+    dark_vi = rng.integers(0, 80, (40, 50, 3), dtype=np.uint8)
+    dark_vi[..., 2] //= 2  # less red than blue: the hue order must survive
+    cv2.imwrite(str(data / 'A' / 'ir' / '000.png'), dark_ir)
+    cv2.imwrite(str(data / 'A' / 'vi' / '000.png'), dark_vi)
+    run = _run('training/exposure_holdout.py', '--holdout', str(data), '--out', str(out))
+    assert run.returncode == 0, run.stderr
+    assert 'A: 1 pairs' in run.stdout
+    ir = cv2.imread(str(out / 'A' / 'ir' / '000.png'), cv2.IMREAD_UNCHANGED)
+    vi = cv2.imread(str(out / 'A' / 'vi' / '000.png'), cv2.IMREAD_UNCHANGED)
+    assert ir.shape == dark_ir.shape and vi.shape == dark_vi.shape
+    assert abs(ir.mean() / 255 - 0.5) < 0.01
+    # colour: the exponent that maps the grey level, applied to each channel (near, not exact)
+    assert abs(cv2.cvtColor(vi, cv2.COLOR_BGR2GRAY).mean() / 255 - 0.5) < 0.05
+    # a monotonic curve: the order of grey levels is kept (ties may merge, none swap)
+    order = np.argsort(dark_ir.ravel(), kind='stable')
+    assert np.all(np.diff(ir.ravel()[order].astype(int)) >= 0)
+    assert vi[..., 2].mean() < vi[..., 0].mean()
+    bad = _run('training/exposure_holdout.py', '--holdout', str(data), '--out', str(out),
+               '--target', '1.5')
+    assert bad.returncode == 1 and '--target must be in (0, 1)' in bad.stderr

@@ -77,6 +77,16 @@ class TrainConfig:
     #: ``exp(u)``, ``u`` uniform in ``[-augment_gamma, augment_gamma]`` and drawn for each patch
     #: and modality (0: off); values stay in ``[0, 1]``.
     augment_gamma: float = 0.0
+    #: Exposure-level augmentation: with this probability, drawn for each patch and modality,
+    #: a training patch is raised to the power that brings its mean to a level drawn uniformly
+    #: in ``[augment_exposure_low, augment_exposure_high]`` (the exponent kept in
+    #: ``[1/4, 4]``; 0: off). MSRS and LLVIP are dim scenes (infrared means about 0.1 and 0.3);
+    #: this shows the network sources exposed as a well-lit camera gives them.
+    augment_exposure: float = 0.0
+    #: Lowest mean level that exposure-level augmentation draws, in ``(0, 1)``.
+    augment_exposure_low: float = 0.3
+    #: Highest mean level that exposure-level augmentation draws, in ``(0, 1)``.
+    augment_exposure_high: float = 0.7
     #: Data-loading worker processes.
     num_workers: int = 2
     #: Pin host memory of batches (CUDA only).
@@ -135,6 +145,12 @@ class TrainConfig:
         for name in ('batch_size', 'lr', 'lr_step', 'lr_gamma', 'log_every'):
             if getattr(self, name) <= 0:
                 raise ConfigError(f'{name} must be > 0, got {getattr(self, name)!r}')
+        if not 0.0 <= self.augment_exposure <= 1.0:
+            raise ConfigError(f'augment_exposure is a probability in [0, 1], '
+                              f'got {self.augment_exposure!r}')
+        if not 0.0 < self.augment_exposure_low <= self.augment_exposure_high < 1.0:
+            raise ConfigError(f'need 0 < augment_exposure_low <= augment_exposure_high < 1, got '
+                              f'{self.augment_exposure_low!r}, {self.augment_exposure_high!r}')
         if self.phase1_epochs + self.phase2_epochs == 0:
             raise ConfigError('phase1_epochs + phase2_epochs must be > 0')
         if not 0 <= self.lr_min <= self.lr:

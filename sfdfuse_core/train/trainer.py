@@ -375,7 +375,8 @@ def _to_device(x: torch.Tensor, run: _Run) -> torch.Tensor:
 
 
 def augment_pairs(vi: torch.Tensor, ir: torch.Tensor, flip: bool, gamma: float,
-                  seed: int) -> Tuple[torch.Tensor, torch.Tensor]:
+                  seed: int, exposure: Tuple[float, float, float] = (0.0, 0.3, 0.7)
+                  ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Random flips (shared by both images of a pair) and exposure changes (per image).
 
     Drawn from a generator seeded with ``seed`` alone, so a resumed run repeats them.
@@ -385,9 +386,13 @@ def augment_pairs(vi: torch.Tensor, ir: torch.Tensor, flip: bool, gamma: float,
     :param flip: flip each pair left-right and up-down, each with probability 1/2.
     :param gamma: each patch becomes ``x ** exp(u)``, ``u`` uniform in ``[-gamma, gamma]``.
     :param seed: seed of this batch's draws.
+    :param exposure: ``(probability, low, high)``: with the probability (per patch and
+        modality) a patch becomes ``x ** g``, ``g`` bringing its mean to a level drawn
+        uniformly in ``[low, high]``, ``g`` kept in ``[1/4, 4]`` (probability 0: off).
     :return: ``(vi, ir)`` (the inputs themselves when nothing is enabled).
     """
-    if not flip and not gamma:
+    chance, low, high = exposure
+    if not flip and not gamma and not chance:
         return vi, ir
     gen = torch.Generator()
     gen.manual_seed(seed)
@@ -403,7 +408,22 @@ def augment_pairs(vi: torch.Tensor, ir: torch.Tensor, flip: bool, gamma: float,
         exponents = torch.exp((2.0 * draws[2:] - 1.0) * gamma).to(vi.device, vi.dtype)
         vi = vi.clamp(0.0, 1.0).pow(exponents[0].view(shape))
         ir = ir.clamp(0.0, 1.0).pow(exponents[1].view(shape))
+    if chance:
+        # drawn after the draws above, so that runs without it repeat those exactly
+        more = torch.rand(4, batch, generator=gen).to(vi.device)  # vi/ir: apply?, vi/ir: level
+        vi = _expose(vi, more[0] < chance, low + (high - low) * more[2], shape)
+        ir = _expose(ir, more[1] < chance, low + (high - low) * more[3], shape)
     return vi, ir
+
+
+def _expose(x: torch.Tensor, chosen: torch.Tensor, level: torch.Tensor,
+            shape: Tuple[int, ...]) -> torch.Tensor:
+    """Raise each chosen patch of ``x`` to the power that moves its mean to ``level``."""
+    x = x.clamp(0.0, 1.0)
+    mean = x.mean(dim=(1, 2, 3)).clamp(1e-3, 1.0 - 1e-3)
+    exponent = (torch.log(level) / torch.log(mean)).clamp(0.25, 4.0)
+    exponent = torch.where(chosen, exponent, torch.ones_like(exponent))
+    return x.pow(exponent.to(x.dtype).view(shape))
 
 
 def train_one_epoch(run: _Run, loader: DataLoader, steps: int) -> Dict[str, float]:
@@ -433,7 +453,10 @@ def train_one_epoch(run: _Run, loader: DataLoader, steps: int) -> Dict[str, floa
                 break
             vi, ir = _to_device(vi, run), _to_device(ir, run)
             vi, ir = augment_pairs(vi, ir, config.augment_flip, config.augment_gamma,
-                                   seed=config.seed * 1_000_003 + run.step)
+                                   seed=config.seed * 1_000_003 + run.step,
+                                   exposure=(config.augment_exposure,
+                                             config.augment_exposure_low,
+                                             config.augment_exposure_high))
             run.optimizer.zero_grad(set_to_none=True)
             terms = step_fn(vi, ir)
             terms['loss'].backward()
