@@ -71,6 +71,33 @@ def test_score_holdout_ranks_candidates_with_the_published_metrics(tmp_path: Pat
     assert 'choice (lowest mean rank)' in run.stdout
 
 
+def test_score_holdout_ranks_over_every_metric_of_several_views(tmp_path: Path) -> None:
+    import json
+    first, second = tmp_path / 'pairs', tmp_path / 'mid'
+    _pairs(first, 'A', 2)
+    _pairs(second, 'A', 1, size=(56, 60))
+    files = []
+    for seed in (0, 1, 2):
+        torch.manual_seed(seed)
+        files.append(str(save_weights(SFDFuseLite(SFDFuseLiteConfig(dim=8)),
+                                      tmp_path / f'w{seed}.safetensors')))
+    out = tmp_path / 'table.json'
+    run = _run('training/score_holdout.py', '--holdout', str(first), str(second), '--sources',
+               'A', '--weights', *files, '--out', str(out), '--no-progress')
+    assert run.returncode == 0, run.stderr
+    report = json.loads(out.read_text())
+    assert set(report['views']) == {str(first), str(second)}
+    assert report['views'][str(second)]['mean']['pairs'] == 1
+    assert report['table'] == report['views'][str(first)]
+    # the overall mean rank is the mean of the two views' mean ranks (8 cells each)
+    for name in files:
+        both = [report['view_mean_rank'][str(v)][name] for v in (first, second)]
+        assert abs(report['mean_rank'][name] - sum(both) / 2) < 1e-9
+    assert abs(sum(report['mean_rank'].values()) - 6.0) < 1e-9  # ranks 1, 2, 3 per cell
+    assert report['choice'] == min(files, key=lambda n: report['mean_rank'][n])
+    assert 'mean rank over every metric of the 2 views' in run.stdout
+
+
 def test_score_holdout_grid_shows_every_fuser_on_the_held_out_pairs(tmp_path: Path) -> None:
     from sfdfuse_core.results import grid_size
     data = tmp_path / 'holdout'

@@ -9,6 +9,10 @@ look at the table). TNO and RoadScene are never read.
     python training/score_holdout.py --holdout out/ivf_split/holdout \\
         --weights runs/a/final.safetensors runs/b/final.safetensors --out out/select.json \\
         --grid out/select.png     # optional: a few held-out pairs with every fuser, to look at
+
+Several ``--holdout`` folders (for example the pairs and their mid-grey copy written by
+``training/exposure_holdout.py``) give one table each and one mean rank over every metric of
+every folder; the grid shows the first folder.
 """
 from __future__ import annotations
 
@@ -72,22 +76,31 @@ def write_grid(path: Path, holdout: Path, sources: list[str], fusers: dict[str, 
         raise OSError(f'cannot write {path}')
 
 
-def ranks(table: dict[str, dict[str, float]], names: list[str]) -> dict[str, float]:
-    """Mean rank of each candidate over the 8 published metrics (1: best; all higher-better)."""
+def ranks(table: dict[str, dict[str, float]], names: list[str],
+          *more: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Mean rank of each candidate over the 8 published metrics (1: best; all higher-better).
+
+    With more tables (other held-out views), the mean runs over every (metric, view) cell.
+    """
     from sfdfuse_core.results import PUBLISHED_METRICS
 
     total = {n: 0.0 for n in names}
-    for metric in PUBLISHED_METRICS:
-        order = sorted(names, key=lambda n: -table[n][metric])
-        for rank, n in enumerate(order, 1):
-            total[n] += rank
-    return {n: total[n] / len(PUBLISHED_METRICS) for n in names}
+    tables = (table, *more)
+    for view in tables:
+        for metric in PUBLISHED_METRICS:
+            order = sorted(names, key=lambda n: -view[n][metric])
+            for rank, n in enumerate(order, 1):
+                total[n] += rank
+    return {n: total[n] / (len(PUBLISHED_METRICS) * len(tables)) for n in names}
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; see the module docstring."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument('--holdout', type=Path, required=True)
+    parser.add_argument('--holdout', type=Path, nargs='+', required=True,
+                        help='held-out folder(s); with several (e.g. the pairs and their '
+                        'mid-grey copy, training/exposure_holdout.py) the mean rank runs over '
+                        'every metric of every folder')
     parser.add_argument('--sources', default='MSRS,LLVIP')
     parser.add_argument('--weights', nargs='+', required=True, help='candidate weights files')
     parser.add_argument('--out', type=Path, help='JSON file for the table')
@@ -105,22 +118,35 @@ def main(argv: list[str] | None = None) -> int:
         name = str(path)
         fusers[name] = Fuser(method='sfdfuse', weights=path, device='cpu')
         names.append(name)
-    table = score(args.holdout, args.sources.split(','), fusers, not args.no_progress)
-    mean_rank = ranks(table, names)
-    width = max(len(n) for n in table)
-    print(f'{"":{width}s} ' + ' '.join(f'{m:>6s}' for m in PUBLISHED_METRICS) + '  mean rank')
-    for name, row in table.items():
-        rank = f'{mean_rank[name]:9.2f}' if name in mean_rank else ''
-        print(f'{name:{width}s} ' + ' '.join(f'{row[m]:6.3f}' for m in PUBLISHED_METRICS)
-              + f'  {rank}')
+    tables = {str(h): score(h, args.sources.split(','), fusers, not args.no_progress)
+              for h in args.holdout}
+    views = list(tables.values())
+    mean_rank = ranks(views[0], names, *views[1:])
+    view_rank = {view: ranks(table, names) for view, table in tables.items()}
+    width = max(len(n) for n in fusers)
+    for view, table in tables.items():
+        if len(tables) > 1:
+            print(f'{view}:')
+        print(f'{"":{width}s} ' + ' '.join(f'{m:>6s}' for m in PUBLISHED_METRICS)
+              + '  mean rank')
+        for name, row in table.items():
+            rank = f'{view_rank[view][name]:9.2f}' if name in mean_rank else ''
+            print(f'{name:{width}s} ' + ' '.join(f'{row[m]:6.3f}' for m in PUBLISHED_METRICS)
+                  + f'  {rank}')
+    if len(tables) > 1:
+        print('mean rank over every metric of the ' + str(len(tables)) + ' views: '
+              + ', '.join(f'{n} {mean_rank[n]:.2f}' for n in names))
     best = min(names, key=lambda n: mean_rank[n])
     print(f'choice (lowest mean rank): {best}')
     if args.grid:
-        write_grid(args.grid, args.holdout, args.sources.split(','), fusers, args.grid_pairs)
+        write_grid(args.grid, args.holdout[0], args.sources.split(','), fusers, args.grid_pairs)
         print(f'picture: {args.grid}')
     if args.out:
-        args.out.write_text(json.dumps({'table': table, 'mean_rank': mean_rank, 'choice': best},
-                                       indent=2, default=float))
+        report = {'table': views[0], 'mean_rank': mean_rank, 'choice': best}
+        if len(tables) > 1:
+            report['views'] = tables
+            report['view_mean_rank'] = view_rank
+        args.out.write_text(json.dumps(report, indent=2, default=float))
     return 0
 
 
