@@ -375,7 +375,7 @@ def _to_device(x: torch.Tensor, run: _Run) -> torch.Tensor:
 
 
 def augment_pairs(vi: torch.Tensor, ir: torch.Tensor, flip: bool, gamma: float,
-                  seed: int, exposure: Tuple[float, float, float] = (0.0, 0.3, 0.7)
+                  seed: int, exposure: Optional[Tuple[float, float, float]] = None
                   ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Random flips (shared by both images of a pair) and exposure changes (per image).
 
@@ -388,10 +388,10 @@ def augment_pairs(vi: torch.Tensor, ir: torch.Tensor, flip: bool, gamma: float,
     :param seed: seed of this batch's draws.
     :param exposure: ``(probability, low, high)``: with the probability (per patch and
         modality) a patch becomes ``x ** g``, ``g`` bringing its mean to a level drawn
-        uniformly in ``[low, high]``, ``g`` kept in ``[1/4, 4]`` (probability 0: off).
+        uniformly in ``[low, high]``, ``g`` kept in ``[1/4, 4]`` (None or probability 0: off).
     :return: ``(vi, ir)`` (the inputs themselves when nothing is enabled).
     """
-    chance, low, high = exposure
+    chance, low, high = exposure or (0.0, 0.0, 0.0)
     if not flip and not gamma and not chance:
         return vi, ir
     gen = torch.Generator()
