@@ -76,16 +76,12 @@ def write_grid(path: Path, holdout: Path, sources: list[str], fusers: dict[str, 
         raise OSError(f'cannot write {path}')
 
 
-def ranks(table: dict[str, dict[str, float]], names: list[str],
-          *more: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Mean rank of each candidate over the 8 published metrics (1: best; all higher-better).
-
-    With more tables (other held-out views), the mean runs over every (metric, view) cell.
-    """
+def ranks(tables: list[dict[str, dict[str, float]]], names: list[str]) -> dict[str, float]:
+    """Mean rank of each candidate over the 8 published metrics of every table (one table per
+    held-out view; 1: best; all metrics higher-better)."""
     from sfdfuse_core.results import PUBLISHED_METRICS
 
     total = {n: 0.0 for n in names}
-    tables = (table, *more)
     for view in tables:
         for metric in PUBLISHED_METRICS:
             order = sorted(names, key=lambda n: -view[n][metric])
@@ -120,9 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         names.append(name)
     tables = {str(h): score(h, args.sources.split(','), fusers, not args.no_progress)
               for h in args.holdout}
-    views = list(tables.values())
-    mean_rank = ranks(views[0], names, *views[1:])
-    view_rank = {view: ranks(table, names) for view, table in tables.items()}
+    mean_rank = ranks(list(tables.values()), names)
+    view_rank = {view: ranks([table], names) for view, table in tables.items()}
     width = max(len(n) for n in fusers)
     for view, table in tables.items():
         if len(tables) > 1:
@@ -142,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         write_grid(args.grid, args.holdout[0], args.sources.split(','), fusers, args.grid_pairs)
         print(f'picture: {args.grid}')
     if args.out:
-        report = {'table': views[0], 'mean_rank': mean_rank, 'choice': best}
+        report = {'table': tables[str(args.holdout[0])], 'mean_rank': mean_rank, 'choice': best}
         if len(tables) > 1:
             report['views'] = tables
             report['view_mean_rank'] = view_rank
