@@ -3,11 +3,13 @@ import numpy as np
 import pytest
 import torch
 
+from sfdfuse_core.metrics import mutual_information as metric_mi
 from sfdfuse_core.metrics import scd
 from sfdfuse_core.train.losses import (FusionLoss, LossWeights, ReconstructionLoss, correlation,
                                        decomposition_loss, fusion_loss, fusion_targets,
-                                       gradient_loss, sobel_magnitude, spatial_gradient,
-                                       ssim_loss, ssim_map, sum_of_correlations)
+                                       gradient_loss, joint_histogram, mutual_information,
+                                       sobel_magnitude, spatial_gradient, ssim_loss, ssim_map,
+                                       sum_of_correlations)
 
 
 def _rand(*shape, seed=0):
@@ -210,3 +212,62 @@ def test_scd_term_is_two_minus_the_sum_of_correlations_of_differences():
         float(off['fusion']) + 3.0 * (2.0 - expected), rel=1e-4)
     with pytest.raises(ValueError, match='fusion_scd'):
         LossWeights(fusion_scd=-1.0)
+
+
+def test_mutual_information_equals_the_metric_on_8_bit_values_with_256_bins():
+    """On values k / 255 the 256-bin histogram puts each pixel in its own bin, so the loss's MI
+    is the evaluator's; the sum of MI(F, I) + MI(F, Y) is what fusion_mi weighs."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (2, 1, 24, 24)).astype(np.float64)
+    b = np.clip(a + rng.integers(-20, 21, a.shape), 0, 255)     # dependent on a
+    f = np.maximum(a, b)
+    ta, tb, tf = (torch.from_numpy(x / 255.0).float() for x in (a, b, f))
+    for i in range(2):
+        expected = metric_mi(f[i, 0], a[i, 0], b[i, 0])      # MI(F, A) + MI(F, B)
+        pair = mutual_information(tf[i:i + 1], ta[i:i + 1], 256) \
+            + mutual_information(tf[i:i + 1], tb[i:i + 1], 256)
+        assert float(pair[0]) == pytest.approx(expected, rel=1e-4)
+    terms = fusion_loss(tb, ta, tf, LossWeights(fusion_mi=2.0, fusion_mi_bins=256))
+    both = (mutual_information(tf, ta, 256) + mutual_information(tf, tb, 256)).mean()
+    assert float(terms['mi']) == pytest.approx(float(both), rel=1e-5)
+    off = fusion_loss(tb, ta, tf, LossWeights())
+    assert float(off['mi']) == 0.0
+    assert float(terms['fusion']) == pytest.approx(float(off['fusion']) - 2.0 * float(both),
+                                                   rel=1e-4, abs=1e-5)
+
+
+def test_joint_histogram_shares_a_value_between_its_two_nearest_bins():
+    """A value 0.25 of the way from bin 1 to bin 2 puts 3/4 of its mass in bin 1 and 1/4 in
+    bin 2; values are clamped to [0, 1]; the gradient reaches the values."""
+    bins = 5                                                  # bin k sits at k / 4
+    x = torch.tensor([[[[0.25 + 0.25 / 4, 0.0, 1.0, 1.5]]]], requires_grad=True)
+    y = torch.tensor([[[[0.0, 0.0, 1.0, -0.2]]]])
+    full = joint_histogram(x, y, bins)[0]
+    hist = full.detach()
+    assert float(hist.sum()) == pytest.approx(1.0)
+    assert float(hist[1, 0]) == pytest.approx(0.75 / 4 + 0.0)
+    assert float(hist[2, 0]) == pytest.approx(0.25 / 4)
+    assert float(hist[0, 0]) == pytest.approx(1 / 4)
+    assert float(hist[4, 4]) == pytest.approx(1 / 4)
+    assert float(hist[4, 0]) == pytest.approx(1 / 4)          # 1.5 -> 1, -0.2 -> 0
+    full[2, 0].backward()
+    assert float(x.grad[0, 0, 0, 0]) == pytest.approx((bins - 1) / 4)
+
+
+def test_mutual_information_rewards_a_copy_and_its_weight_is_checked():
+    """MI(X, X) is the entropy of X and exceeds MI(X, noise); the fusion_mi term's gradient
+    moves F towards higher MI; bins outside [2, 256] are refused."""
+    x = _rand(1, 1, 32, 32)
+    noise = _rand(1, 1, 32, 32, seed=5)
+    copy, unrelated = (float(mutual_information(x, other, 16)[0]) for other in (x, noise))
+    assert copy > 1.5 > unrelated
+    fused = (0.5 * x + 0.5 * noise).requires_grad_(True)
+    mi = mutual_information(fused, x, 16).sum()
+    mi.backward()
+    stepped = fused.detach() + 0.05 * fused.grad / fused.grad.abs().max()
+    assert float(mutual_information(stepped, x, 16)[0]) > float(mi.detach())
+    for bad in (1, 257, 64.0, True):
+        with pytest.raises(ValueError, match='fusion_mi_bins'):
+            LossWeights(fusion_mi_bins=bad)
+    with pytest.raises(ValueError, match='fusion_mi'):
+        LossWeights(fusion_mi=-0.5)

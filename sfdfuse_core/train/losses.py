@@ -27,7 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = ['LossWeights', 'gaussian_window', 'ssim_map', 'ssim_loss', 'spatial_gradient',
-           'sobel_magnitude', 'correlation', 'sum_of_correlations', 'decomposition_loss',
+           'sobel_magnitude', 'correlation', 'sum_of_correlations', 'joint_histogram',
+           'mutual_information', 'decomposition_loss',
            'gradient_loss', 'reconstruction_loss', 'fusion_targets', 'fusion_loss',
            'ReconstructionLoss', 'FusionLoss']
 
@@ -52,6 +53,7 @@ class LossWeights:
                   + fusion_ssim_sources * (SSIMLoss(Y, F) + SSIMLoss(I, F)) / 2
                   + fusion_range * mean(relu(F - 1) + relu(-F))
                   + fusion_scd * (2 - cc(F - I, Y) - cc(F - Y, I))
+                  - fusion_mi * (MI(F, I) + MI(F, Y))
                   + fusion_decomp * L_decomp
 
     and ``L_decomp = cc(detail_V, detail_I)**2 / (decomp_offset + cc(base_V, base_I))``.
@@ -94,6 +96,15 @@ class LossWeights:
     #: sources' contrast is kept where ``max(Y, I)`` drops the darker one (0 in the published
     #: recipe).
     fusion_scd: float = 0.0
+    #: Phase II: weight of ``-(MI(F, I) + MI(F, Y))``, the mutual information (nats) of F with
+    #: each source per patch, from a joint histogram with linear-interpolation binning (so
+    #: that it has a gradient), :func:`mutual_information` (0 in the published recipe). The
+    #: published MI rewards a fused image that is, pixel by pixel, a function of one source;
+    #: every contrast term moves away from that.
+    fusion_mi: float = 0.0
+    #: Phase II: bins per image of that histogram (the published metric has 256 on whole
+    #: images; a 128 x 128 patch fills 64 x 64 joint bins about as densely).
+    fusion_mi_bins: int = 64
     #: Phase II: weight of the decomposition loss.
     fusion_decomp: float = 2.0
     #: Side of the SSIM Gaussian window.
@@ -108,13 +119,16 @@ class LossWeights:
         """
         for name in ('ssim', 'mse', 'recon_vi', 'recon_ir', 'decomp', 'gradient', 'intensity',
                      'fusion_gradient', 'fusion_ssim', 'fusion_ssim_sources', 'fusion_range',
-                     'fusion_scd', 'fusion_decomp'):
+                     'fusion_scd', 'fusion_mi', 'fusion_decomp'):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f'loss weight {name} must be a number >= 0, got {value!r}')
         gain = self.fusion_gradient_gain
         if not isinstance(gain, (int, float)) or isinstance(gain, bool) or not gain > 0:
             raise ValueError(f'fusion_gradient_gain must be a number > 0, got {gain!r}')
+        bins = self.fusion_mi_bins
+        if not isinstance(bins, int) or isinstance(bins, bool) or not 2 <= bins <= 256:
+            raise ValueError(f'fusion_mi_bins must be an int in [2, 256], got {bins!r}')
         if not self.decomp_offset > 1.0:
             raise ValueError(f'decomp_offset must be > 1 (cc_base can reach -1), '
                              f'got {self.decomp_offset!r}')
@@ -311,6 +325,54 @@ def decomposition_loss(base_v: torch.Tensor, detail_v: torch.Tensor, base_i: tor
     return correlation(detail_v, detail_i) ** 2 / (offset + correlation(base_v, base_i))
 
 
+def joint_histogram(x: torch.Tensor, y: torch.Tensor, bins: int) -> torch.Tensor:
+    """Joint histogram of two images per sample, with linear-interpolation binning.
+
+    Each value ``v`` in ``[0, 1]`` (clamped there) sits at ``v * (bins - 1)`` on the bin axis
+    and is shared between the two nearest bins in proportion to its distance to each, so the
+    histogram is a piecewise-linear, differentiable function of the values (a triangular
+    Parzen window one bin wide).
+
+    :param x: ``(B, 1, H, W)`` float, values in ``[0, 1]``.
+    :param y: same shape.
+    :param bins: bins per image, >= 2.
+    :return: ``(B, bins, bins)`` probabilities (each sample sums to 1), rows indexed by ``x``.
+    """
+    _check_images(x=x, y=y)
+    if not isinstance(bins, int) or bins < 2:
+        raise ValueError(f'bins must be an int >= 2, got {bins!r}')
+    batch = x.shape[0]
+
+    def split(v: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pos = v.reshape(batch, -1).clamp(0.0, 1.0) * (bins - 1)
+        low = pos.detach().floor().clamp(max=bins - 2)
+        upper = pos - low  # weight of bin low + 1; its gradient is the one of the value
+        return low.long(), 1.0 - upper, upper
+
+    xl, x0, x1 = split(x.float())
+    yl, y0, y1 = split(y.float())
+    hist = x.new_zeros((batch, bins * bins), dtype=torch.float32)
+    for dx, wx in ((0, x0), (1, x1)):
+        for dy, wy in ((0, y0), (1, y1)):
+            hist = hist.scatter_add(1, (xl + dx) * bins + yl + dy, wx * wy)
+    return (hist / float(x[0].numel())).reshape(batch, bins, bins)
+
+
+def mutual_information(x: torch.Tensor, y: torch.Tensor, bins: int = 64) -> torch.Tensor:
+    """Mutual information (nats) of two images from :func:`joint_histogram`, per sample.
+
+    :param x: ``(B, 1, H, W)`` float, values in ``[0, 1]``.
+    :param y: same shape.
+    :param bins: bins per image.
+    :return: ``(B,)`` values >= 0 (up to rounding), differentiable in both images.
+    """
+    pxy = joint_histogram(x, y, bins)
+    px = pxy.sum(dim=2, keepdim=True)
+    py = pxy.sum(dim=1, keepdim=True)
+    ratio = pxy / (px * py).clamp_min(_EPS)
+    return (pxy * torch.log(ratio.clamp_min(_EPS))).sum(dim=(1, 2))
+
+
 def gradient_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """L1 between the normalised Sobel gradients of two images (phase I).
 
@@ -355,9 +417,10 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
     :param ir: infrared ``(B, 1, H, W)`` in ``[0, 1]``.
     :param fused: the fused image ``(B, 1, H, W)``.
     :param weights: the loss weights.
-    :return: ``{'intensity', 'gradient', 'ssim', 'ssim_sources', 'range', 'scd', 'fusion'}``
-        scalars; ``'fusion'`` is the weighted sum (``'ssim_sources'``, ``'range'`` and
-        ``'scd'`` are only computed when their weight is not 0, else they are 0).
+    :return: ``{'intensity', 'gradient', 'ssim', 'ssim_sources', 'range', 'scd', 'mi',
+        'fusion'}`` scalars; ``'fusion'`` is the weighted sum (``'ssim_sources'``, ``'range'``,
+        ``'scd'`` and ``'mi'`` are only computed when their weight is not 0, else they are 0;
+        ``'mi'`` is ``MI(F, I) + MI(F, Y)``, subtracted).
     """
     _check_images(ir=ir, fused=fused)
     target, target_grad = fusion_targets(vi, ir)
@@ -378,12 +441,19 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
                       else fused.new_zeros(()))
     terms['scd'] = (2.0 - sum_of_correlations(fused, vi[:, :1], ir) if weights.fusion_scd
                     else fused.new_zeros(()))
+    if weights.fusion_mi:
+        bins = weights.fusion_mi_bins
+        terms['mi'] = (mutual_information(fused, ir, bins)
+                       + mutual_information(fused, vi[:, :1], bins)).mean()
+    else:
+        terms['mi'] = fused.new_zeros(())
     terms['fusion'] = (weights.intensity * terms['intensity']
                        + weights.fusion_gradient * terms['gradient']
                        + weights.fusion_ssim * terms['ssim']
                        + weights.fusion_ssim_sources * terms['ssim_sources']
                        + weights.fusion_range * terms['range']
-                       + weights.fusion_scd * terms['scd'])
+                       + weights.fusion_scd * terms['scd']
+                       - weights.fusion_mi * terms['mi'])
     return terms
 
 
