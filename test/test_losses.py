@@ -5,8 +5,10 @@ import torch
 
 from sfdfuse_core.metrics import mutual_information as metric_mi
 from sfdfuse_core.metrics import scd
+from sfdfuse_core.metrics import ssim as metric_ssim
 from sfdfuse_core.train.losses import (FusionLoss, LossWeights, ReconstructionLoss, correlation,
-                                       decomposition_loss, fusion_loss, fusion_targets,
+                                       decomposition_loss, evaluator_ssim, fusion_loss,
+                                       fusion_targets,
                                        gradient_loss, joint_histogram, mutual_information,
                                        sobel_magnitude, spatial_gradient, ssim_loss, ssim_map,
                                        sum_of_correlations)
@@ -271,3 +273,47 @@ def test_mutual_information_rewards_a_copy_and_its_weight_is_checked():
             LossWeights(fusion_mi_bins=bad)
     with pytest.raises(ValueError, match='fusion_mi'):
         LossWeights(fusion_mi=-0.5)
+
+
+def test_evaluator_ssim_equals_the_published_metric_and_is_its_loss_term():
+    """evaluator_ssim at data range 2 / 255 on [0, 1] images is the evaluator's SSIM at its
+    published data range 2 on the same images in 0..255, flat windows included (where the
+    training SSIM's constants would score near 1 whatever F does); fusion_ssim_metric weighs
+    2 - SSIM_e(F, I) - SSIM_e(F, Y)."""
+    rng = np.random.default_rng(3)
+    a = rng.integers(0, 256, (2, 1, 20, 23)).astype(np.float64)
+    a[:, :, :8, :9] = 40.0                                       # a flat corner
+    b = np.clip(a + rng.normal(0.0, 15.0, a.shape), 0, 255).round()
+    f = np.clip((a + b) / 2 + rng.normal(0.0, 2.0, a.shape), 0, 255)
+    ta, tb, tf = (torch.from_numpy(x / 255.0).float() for x in (a, b, f))
+    both = evaluator_ssim(tf, ta) + evaluator_ssim(tf, tb)
+    for i in range(2):
+        assert float(both[i]) == pytest.approx(metric_ssim(f[i, 0], a[i, 0], b[i, 0]), abs=1e-5)
+    assert evaluator_ssim(ta, ta).tolist() == pytest.approx([1.0, 1.0], abs=1e-6)
+    # a larger data range (larger constants) forgives the flat corner's noise more
+    assert float(evaluator_ssim(tf, ta, 50 / 255).mean()) > float(evaluator_ssim(tf, ta).mean())
+    terms = fusion_loss(tb, ta, tf, LossWeights(fusion_ssim_metric=1.5))
+    assert float(terms['ssim_metric']) == pytest.approx(float(both.mean()), rel=1e-5)
+    off = fusion_loss(tb, ta, tf, LossWeights())
+    assert float(off['ssim_metric']) == 0.0
+    assert float(terms['fusion']) == pytest.approx(
+        float(off['fusion']) + 1.5 * (2.0 - float(both.mean())), rel=1e-4)
+
+
+def test_evaluator_ssim_gradient_raises_it_and_bad_settings_are_refused():
+    """A step along the gradient raises the SSIM of a blend with a source; images smaller than
+    the window, a negative weight and a non-positive data range are refused."""
+    x = _rand(1, 1, 24, 24)
+    fused = (0.5 * x + 0.5 * _rand(1, 1, 24, 24, seed=9)).requires_grad_(True)
+    value = evaluator_ssim(fused, x).sum()
+    value.backward()
+    assert fused.grad is not None and fused.grad.dtype == torch.float32
+    stepped = fused.detach() + 0.02 * fused.grad / fused.grad.abs().max()
+    assert float(evaluator_ssim(stepped, x)[0]) > float(value.detach())
+    with pytest.raises(ValueError, match='at least 7'):
+        evaluator_ssim(_rand(1, 1, 6, 30), _rand(1, 1, 6, 30))
+    with pytest.raises(ValueError, match='fusion_ssim_metric'):
+        LossWeights(fusion_ssim_metric=-1.0)
+    for bad in (0.0, -1.0, float('inf'), True):
+        with pytest.raises(ValueError, match='fusion_ssim_metric_range'):
+            LossWeights(fusion_ssim_metric_range=bad)

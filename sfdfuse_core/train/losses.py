@@ -28,7 +28,7 @@ from torch import nn
 
 __all__ = ['LossWeights', 'gaussian_window', 'ssim_map', 'ssim_loss', 'spatial_gradient',
            'sobel_magnitude', 'correlation', 'sum_of_correlations', 'joint_histogram',
-           'mutual_information', 'decomposition_loss',
+           'mutual_information', 'evaluator_ssim', 'decomposition_loss',
            'gradient_loss', 'reconstruction_loss', 'fusion_targets', 'fusion_loss',
            'ReconstructionLoss', 'FusionLoss']
 
@@ -54,6 +54,7 @@ class LossWeights:
                   + fusion_range * mean(relu(F - 1) + relu(-F))
                   + fusion_scd * (2 - cc(F - I, Y) - cc(F - Y, I))
                   - fusion_mi * (MI(F, I) + MI(F, Y))
+                  + fusion_ssim_metric * (2 - SSIM_e(F, I) - SSIM_e(F, Y))
                   + fusion_decomp * L_decomp
 
     and ``L_decomp = cc(detail_V, detail_I)**2 / (decomp_offset + cc(base_V, base_I))``.
@@ -105,6 +106,17 @@ class LossWeights:
     #: Phase II: bins per image of that histogram (the published metric has 256 on whole
     #: images; a 128 x 128 patch fills 64 x 64 joint bins about as densely).
     fusion_mi_bins: int = 64
+    #: Phase II: weight of ``2 - (SSIM_e(F, I) + SSIM_e(F, Y))`` with the evaluator's SSIM,
+    #: :func:`evaluator_ssim` (7 x 7 uniform window, sample covariance, the published
+    #: constants), per patch (0 in the published recipe). The training SSIM above has the
+    #: constants of data range 1, so windows whose standard deviation is under about 8 grey
+    #: levels all score near 1 there; the published metric's constants are 16 000 times
+    #: smaller, so those windows count by their structure alone.
+    fusion_ssim_metric: float = 0.0
+    #: Phase II: the data range of that SSIM in units of the [0, 1] images (C1 = (0.01 L)^2,
+    #: C2 = (0.03 L)^2); the default, 2 / 255, is the published evaluator's data range of 2 on
+    #: 0..255 images (scikit-image 0.19 on float images).
+    fusion_ssim_metric_range: float = 2.0 / 255.0
     #: Phase II: weight of the decomposition loss.
     fusion_decomp: float = 2.0
     #: Side of the SSIM Gaussian window.
@@ -119,7 +131,7 @@ class LossWeights:
         """
         for name in ('ssim', 'mse', 'recon_vi', 'recon_ir', 'decomp', 'gradient', 'intensity',
                      'fusion_gradient', 'fusion_ssim', 'fusion_ssim_sources', 'fusion_range',
-                     'fusion_scd', 'fusion_mi', 'fusion_decomp'):
+                     'fusion_scd', 'fusion_mi', 'fusion_ssim_metric', 'fusion_decomp'):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
                 raise ValueError(f'loss weight {name} must be a number >= 0, got {value!r}')
@@ -129,6 +141,10 @@ class LossWeights:
         bins = self.fusion_mi_bins
         if not isinstance(bins, int) or isinstance(bins, bool) or not 2 <= bins <= 256:
             raise ValueError(f'fusion_mi_bins must be an int in [2, 256], got {bins!r}')
+        span = self.fusion_ssim_metric_range
+        if not isinstance(span, (int, float)) or isinstance(span, bool) \
+                or not 0 < span < float('inf'):
+            raise ValueError(f'fusion_ssim_metric_range must be a number > 0, got {span!r}')
         if not self.decomp_offset > 1.0:
             raise ValueError(f'decomp_offset must be > 1 (cc_base can reach -1), '
                              f'got {self.decomp_offset!r}')
@@ -373,6 +389,46 @@ def mutual_information(x: torch.Tensor, y: torch.Tensor, bins: int = 64) -> torc
     return (pxy * torch.log(ratio.clamp_min(_EPS))).sum(dim=(1, 2))
 
 
+def evaluator_ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 2.0 / 255.0,
+                   window: int = 7) -> torch.Tensor:
+    """Mean SSIM per sample as the published evaluator computes it, differentiable.
+
+    scikit-image's ``structural_similarity`` defaults: a ``window x window`` uniform window,
+    sample covariance (``n / (n - 1)``), ``C1 = (0.01 L)^2``, ``C2 = (0.03 L)^2``, and the mean
+    over the pixels whose window lies inside the image (``sfdfuse_core.metrics``'s SSIM, one
+    pair).
+
+    :param x: ``(B, 1, H, W)`` float.
+    :param y: same shape.
+    :param data_range: ``L``, in the units of the images (2 / 255 for [0, 1] images is the
+        published evaluator's 2 on 0..255 images).
+    :param window: odd side of the uniform window.
+    :return: ``(B,)`` values in ``[-1, 1]``.
+    """
+    _check_images(x=x, y=y)
+    if min(x.shape[-2:]) < window:
+        raise ValueError(f'images must be at least {window} pixels on a side for an SSIM '
+                         f'window of {window}, got {tuple(x.shape)}')
+    # float64: with the published constants (C2 near 6e-8 for [0, 1] images) float32's
+    # rounding of E[x^2] - E[x]^2 (about 1e-7 at values near 1) would swamp flat windows
+    x, y = x.double(), y.double()
+    n_px = window * window
+    cov_norm = n_px / (n_px - 1.0)
+
+    def mean(v: torch.Tensor) -> torch.Tensor:
+        return F.avg_pool2d(v, window, stride=1)
+
+    ux, uy = mean(x), mean(y)
+    vx = cov_norm * (mean(x * x) - ux * ux)
+    vy = cov_norm * (mean(y * y) - uy * uy)
+    vxy = cov_norm * (mean(x * y) - ux * uy)
+    c1 = (0.01 * data_range) ** 2
+    c2 = (0.03 * data_range) ** 2
+    s = ((2.0 * ux * uy + c1) * (2.0 * vxy + c2)
+         / ((ux * ux + uy * uy + c1) * (vx + vy + c2)))
+    return s.mean(dim=(1, 2, 3)).to(torch.float32)
+
+
 def gradient_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """L1 between the normalised Sobel gradients of two images (phase I).
 
@@ -447,13 +503,20 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
                        + mutual_information(fused, vi[:, :1], bins)).mean()
     else:
         terms['mi'] = fused.new_zeros(())
+    if weights.fusion_ssim_metric:
+        span = weights.fusion_ssim_metric_range
+        terms['ssim_metric'] = (evaluator_ssim(fused, ir, span)
+                                + evaluator_ssim(fused, vi[:, :1], span)).mean()
+    else:
+        terms['ssim_metric'] = fused.new_zeros(())
     terms['fusion'] = (weights.intensity * terms['intensity']
                        + weights.fusion_gradient * terms['gradient']
                        + weights.fusion_ssim * terms['ssim']
                        + weights.fusion_ssim_sources * terms['ssim_sources']
                        + weights.fusion_range * terms['range']
                        + weights.fusion_scd * terms['scd']
-                       - weights.fusion_mi * terms['mi'])
+                       - weights.fusion_mi * terms['mi']
+                       + weights.fusion_ssim_metric * (2.0 - terms['ssim_metric']))
     return terms
 
 
