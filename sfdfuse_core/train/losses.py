@@ -474,9 +474,11 @@ def fusion_loss(vi: torch.Tensor, ir: torch.Tensor, fused: torch.Tensor,
     :param fused: the fused image ``(B, 1, H, W)``.
     :param weights: the loss weights.
     :return: ``{'intensity', 'gradient', 'ssim', 'ssim_sources', 'range', 'scd', 'mi',
-        'fusion'}`` scalars; ``'fusion'`` is the weighted sum (``'ssim_sources'``, ``'range'``,
-        ``'scd'`` and ``'mi'`` are only computed when their weight is not 0, else they are 0;
-        ``'mi'`` is ``MI(F, I) + MI(F, Y)``, subtracted).
+        'ssim_metric', 'fusion'}`` scalars; ``'fusion'`` is the weighted sum
+        (``'ssim_sources'``, ``'range'``, ``'scd'``, ``'mi'`` and ``'ssim_metric'`` are only
+        computed when their weight is not 0, else they are 0; ``'mi'`` is
+        ``MI(F, I) + MI(F, Y)``, subtracted; ``'ssim_metric'`` is
+        ``SSIM_e(F, I) + SSIM_e(F, Y)``, entering as ``2 - ssim_metric``).
     """
     _check_images(ir=ir, fused=fused)
     target, target_grad = fusion_targets(vi, ir)
